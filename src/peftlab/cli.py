@@ -1,0 +1,307 @@
+"""`peftlab`: one subcommand per verb (run, sweep, report, ls, validate, data, adapters, generate, chat)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, RuntimeError)
+
+
+def _experiment_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="experiment YAML (see configs/)")
+    p.add_argument("--preset", help="named scale preset defined in the file (demo, small, paper)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override, e.g. --set train.lr=1e-4 --set method=lora --set lora.r=16")
+    p.add_argument("--store", help="run store directory (default: the experiment's output_dir)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="peftlab", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every training step")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="train and evaluate every run of an experiment (methods × tasks × seeds)")
+    _experiment_args(p)
+    p.add_argument("--force", action="store_true", help="re-run runs that already finished")
+    p.add_argument("--decoding", help="comma list of decoding strategies to evaluate, e.g. greedy,top_k=50,top_p=0.9")
+    p.add_argument("--allow-code-execution", action="store_true", help="run model-written code (code task)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("sweep", help="run an experiment's grid × seeds with resume and an executor")
+    _experiment_args(p)
+    p.add_argument("--dry-run", action="store_true", help="show the plan and its size, run nothing")
+    p.add_argument("--retry-failed", action="store_true", help="also re-run failed/diverged/cancelled runs")
+    p.add_argument("--executor", choices=["local", "ray"], help="where runs execute (default local)")
+    p.add_argument("--address", help="Ray cluster address (e.g. auto)")
+    p.add_argument("--report", dest="report_dir", help="write the report here when the sweep ends")
+    p.add_argument("--allow-code-execution", action="store_true", help="run model-written code (code task)")
+    p.set_defaults(func=_lazy("peftlab.sweep", "sweep_cmd"))
+
+    p = sub.add_parser("report", help="tables, plots and an HTML page from a run store (never retrains)")
+    p.add_argument("store", nargs="?", default="runs")
+    p.add_argument("--out", default="reports/latest")
+    p.add_argument("--experiment", help="only runs of this experiment")
+    p.add_argument("--title")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("ls", help="list methods, models, tasks or runs")
+    p.add_argument("what", choices=["methods", "models", "tasks", "runs"])
+    p.add_argument("--store", default="runs")
+    p.add_argument("--experiment")
+    p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("validate", help="check an experiment file without running it")
+    _experiment_args(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("data", help="prepare offline data/models, or show a task's data")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    d = dsub.add_parser("prepare", help="fetch, verify and convert offline sources (tasks and/or model aliases)")
+    d.add_argument("names", nargs="*", help="task names and/or model aliases (default: all tasks + default model)")
+    d.add_argument("--force", action="store_true")
+    d.set_defaults(func=cmd_data_prepare)
+    d = dsub.add_parser("show", help="counts and examples per split")
+    d.add_argument("task")
+    d.add_argument("--source", default="offline", choices=["auto", "hub", "offline"])
+    d.add_argument("-n", type=int, default=3)
+    d.set_defaults(func=cmd_data_show)
+
+    p = sub.add_parser("adapters", help="inspect, merge or export a run's adapter")
+    asub = p.add_subparsers(dest="adapters_command", required=True)
+    a = asub.add_parser("show", help="method, config, parameter counts, bytes on disk")
+    a.add_argument("run", help="run id or run directory")
+    a.add_argument("--store", default="runs")
+    a.set_defaults(func=_lazy("peftlab.lifecycle", "show_cmd"))
+    a = asub.add_parser("merge", help="merge into the base weights and write a plain Hugging Face model")
+    a.add_argument("run", help="run id or run directory")
+    a.add_argument("--out", required=True)
+    a.add_argument("--store", default="runs")
+    a.add_argument("--atol", type=float, default=None, help="tolerance for the logits check")
+    a.set_defaults(func=_lazy("peftlab.lifecycle", "merge_cmd"))
+
+    for name, helptext, fn in (("generate", "generate from a trained run", "generate_cmd"),
+                               ("chat", "interactive chat with a trained run (streams tokens)", "chat_cmd")):
+        g = sub.add_parser(name, help=helptext)
+        g.add_argument("run", help="run id, run directory, or 'base:MODEL' for an untrained model")
+        if name == "generate":
+            g.add_argument("prompts", nargs="+")
+        g.add_argument("--store", default="runs")
+        g.add_argument("--decoding", default="greedy", help="greedy, beam=4, top_k=50, top_p=0.9, temperature=0.7 …")
+        g.add_argument("--max-new-tokens", type=int, default=128)
+        g.add_argument("--system", default="", help="system message")
+        g.set_defaults(func=_lazy("peftlab.lifecycle", fn))
+    return parser
+
+
+def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    def call(args: argparse.Namespace) -> int:
+        import importlib
+
+        return int(getattr(importlib.import_module(module), name)(args) or 0)
+
+    return call
+
+
+# ------------------------------------------------------------------------------------------ run
+def load_for_cli(args: argparse.Namespace) -> Any:
+    from peftlab.config import load_experiment
+
+    sets = list(args.sets)
+    if getattr(args, "decoding", None):
+        sets.append(f"eval.decoding={_decoding_list(args.decoding)}")
+    if getattr(args, "allow_code_execution", False):
+        sets.append("eval.allow_code_execution=true")
+    exp = load_experiment(args.config, args.preset, sets)
+    if getattr(args, "store", None):
+        import dataclasses
+
+        exp = dataclasses.replace(exp, output_dir=args.store)
+    return exp
+
+
+def _decoding_list(text: str) -> list[str]:
+    """`greedy,top_k=50,top_p=0.9` → one strategy per comma (use `:` to join knobs of one)."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from peftlab.plan import validate
+    from peftlab.runner import ModelCache, execute_run
+    from peftlab.store import Store
+
+    exp = load_for_cli(args)
+    runs = validate(exp)
+    store = Store(exp.output_dir)
+    cache = ModelCache()
+    print(f"{exp.name}: {len(runs)} run(s) → {store.root}/")
+    failures = 0
+    for i, rc in enumerate(runs, 1):
+        run_id = rc.run_id()
+        if store.status(run_id) == "ok" and not args.force:
+            print(f"[{i}/{len(runs)}] {run_id}: already done (use --force to re-run)")
+            continue
+        if args.force:
+            store.delete_run(run_id)
+        t0 = time.perf_counter()
+        result = execute_run(rc, store, progress=_progress_printer(i, len(runs), rc), cache=cache)
+        print("\r" + " " * 100 + "\r", end="")
+        print(f"[{i}/{len(runs)}] {summary_line(result)}  ({time.perf_counter() - t0:.0f}s)")
+        failures += result["status"] != "ok"
+    print(f"done: {len(runs) - failures} ok, {failures} not ok; see `peftlab ls runs --store {store.root}`")
+    return 1 if failures else 0
+
+
+def _progress_printer(i: int, n: int, rc: Any) -> Callable[[int, int, float], None]:
+    def show(step: int, total: int, loss: float) -> None:
+        if sys.stdout.isatty():
+            print(f"\r[{i}/{n}] {rc.method.label} {rc.task.name} s{rc.seed}: step {step}/{total} loss {loss:.4f}",
+                  end="", flush=True)
+    return show
+
+
+def summary_line(result: dict) -> str:
+    cost = result.get("cost") or {}
+    primary = result.get("primary_metric")
+    value = (result.get("metrics") or {}).get(primary)
+    metric = f"{primary}={value:.4g}" if isinstance(value, (int, float)) else "-"
+    tps = cost.get("tokens_per_s")
+    mem = cost.get("peak_memory_bytes")
+    parts = [f"{result.get('label', '?'):<14}", f"{result.get('task', '?'):<9}", f"s{result.get('seed')}",
+             f"{result.get('status', '?'):<9}", f"{metric:<24}",
+             f"trainable={cost.get('trainable_pct', 0):.4f}%" if cost else "",
+             f"tok/s={tps:.0f}" if tps else "", f"peak={mem / 2**30:.2f}GiB" if mem else ""]
+    line = "  ".join(p for p in parts if p)
+    if result.get("status") != "ok" and result.get("error"):
+        line += f"  error: {result['error'].strip().splitlines()[-1][:120]}"
+    return line
+
+
+# ------------------------------------------------------------------------------------------ ls
+def cmd_ls(args: argparse.Namespace) -> int:
+    if args.what == "methods":
+        from peftlab.methods import list_methods
+
+        for m in list_methods():
+            defaults = ", ".join(f"{k}={v}" for k, v in m.defaults.items()) or "-"
+            print(f"{m.name:<12} {m.family:<7} {m.description}\n{'':<21}defaults: {defaults}")
+        print("any other peft method by its PEFT type name, e.g. vera, loha, lokr, adalora, oft "
+              "(arguments go to its peft config)")
+    elif args.what == "models":
+        from peftlab.models import list_models
+
+        for row in list_models():
+            state = "cached" if row["cached"] else "not cached (peftlab data prepare " + row["alias"] + ")"
+            print(f"{row['alias']:<24} {state:<12} hub: {row['hub_id']}\n{'':<25}{row['description']}; {row['source']}")
+    elif args.what == "tasks":
+        from peftlab.tasks.registry import all_tasks, task_summary
+
+        for spec in all_tasks().values():
+            s = task_summary(spec)
+            metrics = ", ".join(f"{k} ({'↑' if v == 'higher' else '↓'})" for k, v in s["metrics"].items())
+            print(f"{s['name']:<10} {s['description']}\n{'':<11}splits: {s['splits']}\n{'':<11}metrics: {metrics}; "
+                  f"primary: {s['primary']}\n{'':<11}hub: {s['hub']}\n{'':<11}offline: {s['offline']}")
+    else:
+        from peftlab.store import Store
+
+        filters = {"experiment": args.experiment} if args.experiment else {}
+        if not Path(args.store).exists():
+            print(f"no run store at {args.store}")
+            return 0
+        results = Store(args.store).results(**filters)
+        for r in results:
+            print(f"{r['run_id'][:60]:<60}  {summary_line(r)}")
+        print(f"{len(results)} run(s) in {args.store}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from peftlab.plan import validate
+
+    exp = load_for_cli(args)
+    runs = validate(exp)
+    print(f"{args.config}: ok — {len(exp.tasks)} task(s), {len(exp.methods)} method(s), "
+          f"{len(exp.seeds)} seed(s), {len(runs)} run(s)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from peftlab.report import write_report
+    from peftlab.store import Store
+
+    if not (Path(args.store) / "index.sqlite").exists():
+        raise FileNotFoundError(f"no run store at {args.store} (run `peftlab run` or `peftlab sweep` first)")
+    filters = {"experiment": args.experiment} if args.experiment else {}
+    results = Store(args.store).results(**filters)
+    paths = write_report(results, Path(args.out), title=args.title)
+    for name, path in paths.items():
+        print(f"{name:<10} {path}")
+    return 0
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from peftlab.data.cli_data import prepare_cmd
+    from peftlab.models import ALIASES, DEFAULT_MODEL, prepare_alias
+
+    names = args.names or [DEFAULT_MODEL, *sorted(_task_names())]
+    models = [n for n in names if n in ALIASES]
+    tasks = [n for n in names if n not in ALIASES]
+    for alias in models:
+        t0 = time.perf_counter()
+        path = prepare_alias(alias, force=args.force)
+        print(f"model {alias}: {path} ({time.perf_counter() - t0:.1f}s)")
+    return prepare_cmd(tasks, args.force) if tasks else 0
+
+
+def _task_names() -> list[str]:
+    from peftlab.tasks.registry import all_tasks
+
+    return list(all_tasks())
+
+
+def cmd_data_show(args: argparse.Namespace) -> int:
+    from peftlab.data.cli_data import show_cmd
+
+    return show_cmd(args.task, args.source, args.n)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    _quiet_libraries()
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("\ncancelled (finished runs are kept; the interrupted run is recorded as cancelled)", file=sys.stderr)
+        return 130
+    except USER_ERRORS as exc:
+        if args.verbose:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _quiet_libraries() -> None:
+    import os
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", message=".*gemm_4bit.*")
+    for name in ("transformers", "peft", "accelerate", "bitsandbytes"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""LoRA and its relatives that share its layers: DoRA (magnitude/direction) and QLoRA (NF4 base)."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from peftlab.methods.registry import ApplyContext, Method, register
+from peftlab.methods.targets import resolve_targets
+
+LORA_DEFAULTS = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "target_modules": "auto", "bias": "none",
+                 "modules_to_save": None}
+
+
+def lora_config(model: nn.Module, args: dict, **extra: object):
+    """A peft LoraConfig from peftlab arguments (target shortcuts resolved for this architecture)."""
+    from peft import LoraConfig
+
+    args = dict(args)
+    args["target_modules"] = resolve_targets(model, args.get("target_modules"))
+    return LoraConfig(task_type="CAUSAL_LM", **args, **extra)
+
+
+def _apply_lora(model: nn.Module, args: dict, ctx: ApplyContext) -> nn.Module:
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(model, args))
+
+
+def _apply_dora(model: nn.Module, args: dict, ctx: ApplyContext) -> nn.Module:
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(model, args, use_dora=True))
+
+
+def _apply_qlora(model: nn.Module, args: dict, ctx: ApplyContext) -> nn.Module:
+    """The base arrives in NF4 (the runner loads it so); LoRA layers train in the compute dtype."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    args = dict(args)
+    checkpointing = bool(args.pop("gradient_checkpointing", False))
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+    return get_peft_model(model, lora_config(model, args))
+
+
+register(Method(
+    name="lora", family="lora", description="Low-rank update B·A on the targeted weights (Hu et al. 2021)",
+    defaults=dict(LORA_DEFAULTS), apply=_apply_lora, mergeable=True,
+))
+register(Method(
+    name="dora", family="lora", description="Weight-decomposed LoRA: trains magnitude and low-rank direction (Liu et al. 2024)",
+    defaults=dict(LORA_DEFAULTS), apply=_apply_dora, mergeable=True,
+))
+register(Method(
+    name="qlora", family="lora", description="LoRA on a 4-bit NF4 base through bitsandbytes (Dettmers et al. 2023)",
+    defaults={**LORA_DEFAULTS, "gradient_checkpointing": False}, apply=_apply_qlora,
+    quantize_base=True, mergeable=True,
+))

