@@ -1,0 +1,416 @@
+"""Report figures, drawn with matplotlib's Agg canvas (no display, no pyplot global state).
+
+Figures are built on ``matplotlib.figure.Figure`` + ``FigureCanvasAgg`` instead of pyplot so a
+report can be written from a worker thread or a notebook without switching the user's backend.
+Every plot is skipped when its data is missing; nothing here raises on an incomplete result.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from .aggregate import Aggregate, Group, best_per_label, cost_direction, format_value, short_key
+from .pareto import pareto_front
+from .tables import fmt_mean_pm
+
+STYLE: dict[str, Any] = {
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.titleweight": "bold",
+    "axes.labelsize": 10,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.6,
+    "legend.fontsize": 9,
+    "legend.frameon": False,
+    "svg.hashsalt": "peftlab-report",  # deterministic SVG ids → reproducible files
+    "svg.fonttype": "none",
+}
+
+MARKERS = "osD^vP*Xh<>p"
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A written figure: files plus the words the HTML page shows around it."""
+
+    name: str
+    title: str
+    caption: str
+    task: str | None
+    png: Path
+    svg: Path
+
+
+def slug(text: str) -> str:
+    """File-name-safe version of a task or label."""
+    out = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(text))
+    return out.strip("_") or "x"
+
+
+class Palette:
+    """One colour and marker per label across every figure, so lora is always the same blue."""
+
+    def __init__(self, labels: Sequence[str]):
+        cmap = matplotlib.colormaps["tab10" if len(labels) <= 10 else "tab20"]
+        self._style = {lab: (cmap(i % cmap.N), MARKERS[i % len(MARKERS)]) for i, lab in enumerate(labels)}
+
+    def color(self, label: str) -> Any:
+        return self._style.get(label, ("0.4", "o"))[0]
+
+    def marker(self, label: str) -> str:
+        return self._style.get(label, ("0.4", "o"))[1]
+
+
+def _new_figure(w: float = 6.4, h: float = 4.2, ncols: int = 1) -> tuple[Figure, Any]:
+    fig = Figure(figsize=(w, h), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, (axes[0] if ncols == 1 else axes)
+
+
+def _save(fig: Figure, out_dir: Path, name: str) -> tuple[Path, Path]:
+    """PNG for the HTML page and SVG for papers; metadata stripped so reruns give equal files."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png, svg = out_dir / f"{name}.png", out_dir / f"{name}.svg"
+    fig.savefig(png, dpi=150, metadata={"Software": None})
+    fig.set_layout_engine("none")  # layout is already solved; don't pay for it twice
+    fig.savefig(svg, metadata={"Date": None, "Creator": None})
+    return png, svg
+
+
+def _arrow(direction: str | None) -> str:
+    return " (higher is better)" if direction == "higher" else " (lower is better)" if direction == "lower" else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Quality vs cost scatter with Pareto front
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CostAxis:
+    """How one cost field is drawn: unit scaling, label and whether to try a log scale."""
+
+    field: str
+    label: str
+    scale: float = 1.0
+    log: bool | None = None  # None = decide from the data's spread
+    slug: str = ""
+
+
+COST_AXES = [
+    CostAxis("trainable_pct", "Trainable parameters (% of model, log scale)", 1.0, True, "params"),
+    CostAxis("train_time_s", "Training time (s)", 1.0, None, "time"),
+    CostAxis("peak_memory_bytes", "Peak memory (GiB)", 1 / 1024**3, None, "memory"),
+]
+
+
+def _use_log(xs: Sequence[float], axis: CostAxis) -> bool:
+    pos = [x for x in xs if x > 0]
+    if len(pos) < 1:
+        return False
+    if axis.log is not None:
+        return axis.log
+    return max(pos) / min(pos) > 50
+
+
+def _floor(xs: Sequence[float]) -> float:
+    """Where zero-cost points sit on a log axis: one decade below the smallest positive value."""
+    pos = [x for x in xs if x > 0]
+    return 10 ** (math.floor(math.log10(min(pos))) - 1)
+
+
+def quality_vs_cost(agg: Aggregate, task: str, axis: CostAxis, palette: Palette) -> Figure | None:
+    """Mean quality (± CI) against a cost, Pareto front dashed; None when there is nothing to draw."""
+    metric = agg.primary.get(task)
+    if not metric:
+        return None
+    d = agg.direction(task, metric)
+    pts = []
+    for g in agg.groups_for(task, with_data=True):
+        q, c = g.metrics.get(metric), g.costs.get(axis.field)
+        if q is not None and c is not None:
+            pts.append((g, c.mean * axis.scale, q))
+    if not pts:
+        return None
+    xs = [p[1] for p in pts]
+    log = _use_log(xs, axis)
+    floor = _floor(xs) if log and any(x <= 0 for x in xs) else None
+    fig, ax = _new_figure()
+    seen: set[str] = set()
+    for g, x, q in pts:
+        at_floor = floor is not None and x <= 0
+        xp = floor if at_floor else x
+        label = g.label if g.label not in seen else None
+        seen.add(g.label)
+        ax.errorbar(xp, q.mean, yerr=q.half_width or 0.0, fmt=palette.marker(g.label), ms=6,
+                    color=palette.color(g.label), mfc="white" if at_floor else palette.color(g.label),
+                    ecolor=palette.color(g.label), elinewidth=1, capsize=3, label=label, zorder=3)
+        if at_floor:
+            ax.annotate(f"{g.label}: 0", (xp, q.mean), textcoords="offset points", xytext=(6, -10),
+                        fontsize=7, color="0.35")
+    front = pareto_front([(x, q.mean) for _, x, q in pts], d or "higher", cost_direction(axis.field) or "lower")
+    if len(front) >= 1:
+        fx = [floor if (floor is not None and pts[i][1] <= 0) else pts[i][1] for i in front]
+        fy = [pts[i][2].mean for i in front]
+        ax.step(fx, fy, where="post", ls="--", lw=1.2, color="0.3", label="Pareto front", zorder=2)
+        ax.scatter(fx, fy, s=110, facecolors="none", edgecolors="0.3", lw=1, zorder=4)
+        multi = {g.label for g, _, _ in pts if sum(1 for h, _, _ in pts if h.label == g.label) > 1}
+        for i, x, y in zip(front, fx, fy):
+            g = pts[i][0]
+            if g.grid and g.label in multi:
+                keys = [k for k, _ in g.grid]
+                txt = ", ".join(f"{short_key(k, keys)}={format_value(v)}" for k, v in g.grid)
+                ax.annotate(txt, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=6.5, color="0.3")
+    if log:
+        ax.set_xscale("log")
+    if floor is not None:
+        ax.axvline(floor * 3, color="0.75", lw=0.8, ls=":")
+    xlabel = axis.label + (" — log scale" if log and "log" not in axis.label else "")
+    if axis.field == "peak_memory_bytes":
+        kinds = sorted({k for g, _, _ in pts for k in g.memory_kinds})
+        if kinds:  # rss and cuda peaks measure different things; say which one this is
+            xlabel += f" [{' + '.join(kinds)}{' — mixed kinds, not comparable' if len(kinds) > 1 else ''}]"
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"{metric}{_arrow(d)}")
+    ax.set_title(f"{task}: {metric} vs {axis.label.split(' (')[0].lower()}")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss curves
+# ---------------------------------------------------------------------------------------------
+
+
+def _curve_points(raw: Any) -> np.ndarray | None:
+    """``[[step, value], ...]`` (or ``[{"step", "value"}]``) → sorted finite (n, 2) array."""
+    if not isinstance(raw, (list, tuple)):
+        return None
+    pts = []
+    for p in raw:
+        if isinstance(p, dict):
+            p = (p.get("step"), p.get("value"))
+        if isinstance(p, (list, tuple)) and len(p) >= 2:
+            try:
+                s, v = float(p[0]), float(p[1])
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(s) and math.isfinite(v):
+                pts.append((s, v))
+    if not pts:
+        return None
+    arr = np.array(sorted(pts))
+    _, idx = np.unique(arr[:, 0], return_index=True)
+    return arr[idx]
+
+
+def mean_curve(curves: Sequence[np.ndarray], max_points: int = 400) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Mean and std over seeds on the steps every seed covers (interpolated, never extrapolated).
+
+    Why the overlap only: a seed that logged fewer steps would otherwise drag the tail of the
+    mean toward whichever seeds ran longer.
+    """
+    curves = [c for c in curves if c is not None and len(c)]
+    if not curves:
+        return None
+    lo = max(c[0, 0] for c in curves)
+    hi = min(c[-1, 0] for c in curves)
+    if hi < lo:
+        return None
+    grid = np.unique(np.concatenate([c[(c[:, 0] >= lo) & (c[:, 0] <= hi), 0] for c in curves]))
+    if len(grid) > max_points:
+        grid = np.linspace(lo, hi, max_points)
+    vals = np.stack([np.interp(grid, c[:, 0], c[:, 1]) for c in curves])
+    std = vals.std(axis=0, ddof=1) if len(curves) > 1 else np.zeros(len(grid))
+    return grid, vals.mean(axis=0), std
+
+
+def loss_curves(agg: Aggregate, task: str, palette: Palette) -> Figure | None:
+    """Train and validation loss of each method's best configuration, mean ± 1 sd over seeds."""
+    metric = agg.primary.get(task)
+    groups = agg.groups_for(task, with_data=True)
+    chosen = list(best_per_label(groups, metric, agg.direction(task, metric)).values()) if metric else groups
+    panels = []
+    for key, title in (("train_loss", "Training loss"), ("val_loss", "Validation loss")):
+        series = []
+        for g in chosen:
+            m = mean_curve([_curve_points((r.get("curves") or {}).get(key)) for r in g.runs])
+            if m is not None:
+                series.append((g, m))
+        if series:
+            panels.append((title, series))
+    if not panels:
+        return None
+    fig, axes = _new_figure(4.4 * len(panels) + 2.6, 3.8, ncols=len(panels))
+    axes = [axes] if len(panels) == 1 else list(axes)
+    for ax, (title, series) in zip(axes, panels):
+        for g, (x, y, sd) in series:
+            c = palette.color(g.label)
+            ax.plot(x, y, color=c, lw=1.4, label=g.name, marker=None if len(x) > 30 else palette.marker(g.label), ms=3)
+            if np.any(sd > 0):
+                ax.fill_between(x, y - sd, y + sd, color=c, alpha=0.18, lw=0)
+        ax.set_title(f"{task}: {title.lower()}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+    handles, labels = axes[-1].get_legend_handles_labels()
+    for ax in axes[:-1]:
+        h, lab = ax.get_legend_handles_labels()
+        for hh, ll in zip(h, lab):
+            if ll not in labels:
+                handles.append(hh)
+                labels.append(ll)
+    axes[-1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Rank × learning-rate heatmap
+# ---------------------------------------------------------------------------------------------
+
+
+def rank_key(keys: Sequence[str]) -> str | None:
+    """A grid key that is a LoRA-style rank: ``r``, ``*.r``, ``*.rank``."""
+    for k in keys:
+        if k in ("r", "rank") or k.endswith((".r", ".rank")):
+            return k
+    return None
+
+
+def lr_key(keys: Sequence[str]) -> str | None:
+    """The learning-rate grid key, preferring ``train.lr``."""
+    if "train.lr" in keys:
+        return "train.lr"
+    for k in keys:
+        if k in ("lr", "learning_rate") or k.endswith((".lr", ".learning_rate")):
+            return k
+    return None
+
+
+def _sort_values(vals: set[Any]) -> list[Any]:
+    return sorted(vals, key=lambda v: (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)))
+
+
+def heatmap_cells(groups: Sequence[Group], metric: str, direction: str | None,
+                  rk: str, lk: str) -> dict[tuple[Any, Any], Group]:
+    """Best group per (rank, lr) cell; other grid coordinates are maximised over, not averaged."""
+    cells: dict[tuple[Any, Any], Group] = {}
+    for g in groups:
+        grid, st = g.grid_dict, g.metrics.get(metric)
+        if rk not in grid or lk not in grid or st is None:
+            continue
+        key = (grid[rk], grid[lk])
+        cur = cells.get(key)
+        better = cur is None or (st.mean > cur.metrics[metric].mean if direction == "higher"
+                                 else st.mean < cur.metrics[metric].mean)
+        if better:
+            cells[key] = g
+    return cells
+
+
+def rank_lr_heatmap(agg: Aggregate, task: str, label: str) -> Figure | None:
+    """Annotated rank × lr grid of the primary metric; brighter is always better."""
+    metric = agg.primary.get(task)
+    groups = [g for g in agg.groups_for(task, with_data=True) if g.label == label]
+    keys = sorted({k for g in groups for k, _ in g.grid})
+    rk, lk = rank_key(keys), lr_key(keys)
+    if not metric or not rk or not lk:
+        return None
+    d = agg.direction(task, metric)
+    cells = heatmap_cells(groups, metric, d, rk, lk)
+    if len(cells) < 2:
+        return None
+    ranks = _sort_values({k[0] for k in cells})
+    lrs = _sort_values({k[1] for k in cells})
+    mat = np.full((len(ranks), len(lrs)), np.nan)
+    for (r, lr), g in cells.items():
+        mat[ranks.index(r), lrs.index(lr)] = g.metrics[metric].mean
+    cmap = matplotlib.colormaps["viridis" if d != "lower" else "viridis_r"].with_extremes(bad="0.9")
+    fig, ax = _new_figure(2.4 + 1.1 * len(lrs), 1.6 + 0.7 * len(ranks))
+    ax.grid(False)
+    im = ax.imshow(np.ma.masked_invalid(mat), cmap=cmap, origin="lower", aspect="auto")
+    lo, hi = np.nanmin(mat), np.nanmax(mat)
+    for (r, lr), g in cells.items():
+        i, j = ranks.index(r), lrs.index(lr)
+        st = g.metrics[metric]
+        frac = 0.5 if hi == lo else (st.mean - lo) / (hi - lo)
+        bright = frac > 0.6 if d != "lower" else frac < 0.4
+        mean, pm = fmt_mean_pm(st)
+        txt = mean + (f"\n± {pm}" if pm is not None else f"\nn={st.n}")
+        ax.text(j, i, txt, ha="center", va="center", fontsize=9, color="black" if bright else "white")
+    for i in range(len(ranks)):
+        for j in range(len(lrs)):
+            if np.isnan(mat[i, j]):
+                ax.text(j, i, "—", ha="center", va="center", color="0.5")
+    ax.set_xticks(range(len(lrs)), [format_value(v) for v in lrs])
+    ax.set_yticks(range(len(ranks)), [format_value(v) for v in ranks])
+    ax.set_xlabel(lk)
+    ax.set_ylabel(rk)
+    ax.set_title(f"{task} · {label}: {metric}")
+    cb = fig.colorbar(im, ax=ax, shrink=0.9)
+    cb.set_label(f"{metric}{_arrow(d)}", fontsize=8)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------------------------
+
+
+def _emit(out: list[Plot], fig: Figure | None, out_dir: Path, name: str, title: str,
+          caption: str, task: str | None) -> None:
+    if fig is None:
+        return
+    png, svg = _save(fig, out_dir, name)
+    out.append(Plot(name, title, caption, task, png, svg))
+
+
+def _task_plots(agg: Aggregate, task: str, palette: Palette, out_dir: Path) -> list[Plot]:
+    out: list[Plot] = []
+    s = slug(task)
+    captions = {
+        "params": "Mean primary metric ± 95% CI against the share of trainable parameters. Hollow "
+                  "markers at the left edge have 0 trainable parameters (placed one decade below the "
+                  "smallest non-zero value). Dashed: Pareto front.",
+        "time": "Mean primary metric ± 95% CI against mean training time. Dashed: Pareto front.",
+        "memory": "Mean primary metric ± 95% CI against mean peak memory. Dashed: Pareto front.",
+    }
+    for axis in COST_AXES:
+        fig = quality_vs_cost(agg, task, axis, palette)
+        _emit(out, fig, out_dir, f"quality_vs_{axis.slug}_{s}", f"{task}: quality vs {axis.slug}",
+              captions[axis.slug], task)
+    _emit(out, loss_curves(agg, task, palette), out_dir, f"loss_curves_{s}", f"{task}: loss curves",
+          "Best configuration per method; line = mean over seeds on the steps all seeds share, "
+          "band = ±1 standard deviation.", task)
+    for label in sorted({g.label for g in agg.groups_for(task, with_data=True)}):
+        _emit(out, rank_lr_heatmap(agg, task, label), out_dir, f"heatmap_{s}_{slug(label)}",
+              f"{task}: {label} rank × learning rate",
+              "Mean primary metric per (rank, learning rate) cell with CI half-width; brighter is "
+              "better. Other grid coordinates, if any, take their best value.", task)
+    return out
+
+
+def write_plots(agg: Aggregate, out_dir: Path) -> list[Plot]:
+    """Draw every plot that has data; returns them in display order."""
+    labels: list[str] = []
+    for g in agg.groups:
+        if g.label not in labels:
+            labels.append(g.label)
+    palette = Palette(labels)
+    plots: list[Plot] = []
+    with matplotlib.rc_context(STYLE):
+        for task in agg.tasks:
+            plots += _task_plots(agg, task, palette, Path(out_dir))
+    return plots
+

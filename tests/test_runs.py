@@ -1,0 +1,172 @@
+"""Runs end to end through the store: statuses, atomic writes, provenance and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from peftlab.cli import main
+from peftlab.config import parse_experiment
+from peftlab.plan import expand
+from peftlab.runner import execute_run
+from peftlab.store import Store
+
+
+def experiment(model_dir, store, methods=("lora",), **train):
+    return parse_experiment({
+        "name": "t", "model": str(model_dir), "methods": list(methods), "output_dir": str(store),
+        "task": {"lm": {"limit_train": 16, "limit_eval": 4, "max_length": 32}},
+        "train": {"max_steps": 3, "batch_size": 4, "warmup_steps": 1, **train},
+    })
+
+
+def test_ok_run_records_everything(tiny_llama_dir, tmp_path, fake_records) -> None:
+    store = Store(tmp_path / "runs")
+    rc = expand(experiment(tiny_llama_dir, store.root))[0]
+    result = execute_run(rc, store)
+    assert result["status"] == "ok", result["error"]
+    on_disk = json.loads((store.run_dir(rc.run_id()) / "result.json").read_text())
+    assert on_disk["status"] == "ok" and on_disk["schema_version"] == 1
+    assert set(on_disk["metrics"]) == {"perplexity", "word_perplexity", "bits_per_byte"}
+    assert on_disk["metric_directions"]["perplexity"] == "lower"
+    cost = on_disk["cost"]
+    for key in ("trainable_params", "total_params", "trainable_pct", "adapter_bytes", "train_time_s", "eval_time_s",
+                "tokens_per_s", "peak_memory_bytes", "train_flops", "mfu", "memory_breakdown", "epoch_times_s"):
+        assert cost.get(key) is not None, key
+    assert cost["steps"] == 3 and cost["tokens_trained"] > 0
+    assert len(on_disk["curves"]["train_loss"]) == 3 and on_disk["curves"]["val_loss"]
+    prov = on_disk["provenance"]
+    assert prov["packages"]["torch"] and "git_commit" in prov and prov["hardware"]["cpu_count"]
+    assert on_disk["data"]["train"]["fingerprint"]
+    assert (store.run_dir(rc.run_id()) / "adapter" / "adapter_config.json").exists()
+    assert (store.run_dir(rc.run_id()) / "config.yaml").exists()
+    assert "step 1 loss" in (store.run_dir(rc.run_id()) / "log.txt").read_text()
+    assert [r["run_id"] for r in store.results(status="ok")] == [rc.run_id()]
+
+
+def test_nan_loss_is_recorded_as_diverged(tiny_llama_dir, tmp_path, fake_records) -> None:
+    store = Store(tmp_path / "runs")
+    rc = expand(experiment(tiny_llama_dir, store.root, lr=1e30, max_grad_norm=None))[0]
+    result = execute_run(rc, store)
+    assert result["status"] == "diverged" and "loss became" in result["error"]
+    assert store.status(rc.run_id()) == "diverged"
+
+
+def test_exception_is_recorded_as_failed_with_traceback(tiny_llama_dir, tmp_path, fake_records, monkeypatch) -> None:
+    import peftlab.tasks.lm as lm
+
+    def boom(spec, ctx):
+        raise RuntimeError("evaluation exploded")
+
+    monkeypatch.setattr(lm, "evaluate", boom)
+    store = Store(tmp_path / "runs")
+    rc = expand(experiment(tiny_llama_dir, store.root))[0]
+    result = execute_run(rc, store)
+    assert result["status"] == "failed" and "evaluation exploded" in result["error"]
+    assert "Traceback" in store.read_result(rc.run_id())["error"]
+
+
+def test_ctrl_c_is_recorded_as_cancelled(tiny_llama_dir, tmp_path, fake_records, monkeypatch) -> None:
+    import peftlab.runner as runner
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "train", interrupt)
+    store = Store(tmp_path / "runs")
+    rc = expand(experiment(tiny_llama_dir, store.root))[0]
+    with pytest.raises(KeyboardInterrupt):
+        execute_run(rc, store)
+    assert store.status(rc.run_id()) == "cancelled"
+    assert store.results()[0]["status"] == "cancelled"
+
+
+def test_crash_during_write_keeps_the_finished_result(tmp_path, monkeypatch) -> None:
+    store = Store(tmp_path / "runs")
+    store.write_result({"run_id": "r1", "status": "ok", "metrics": {"x": 1.0}, "primary_metric": "x"})
+
+    def crash(src, dst):
+        raise OSError("disk vanished")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        store.write_result({"run_id": "r1", "status": "running", "metrics": {}})
+    monkeypatch.undo()
+    assert store.read_result("r1")["status"] == "ok"
+    assert not [p for p in store.run_dir("r1").iterdir() if p.name.endswith(".tmp")]
+    assert store.results()[0]["metrics"] == {"x": 1.0}
+
+
+def test_killed_process_reads_as_interrupted_and_index_rebuilds(tmp_path) -> None:
+    store = Store(tmp_path / "runs")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    store.write_result({"run_id": "r2", "status": "running", "pid": child.pid})
+    assert store.status("r2") == "running"
+    child.kill()
+    child.wait()
+    assert store.status("r2") == "interrupted"
+    assert store.results()[0]["status"] == "interrupted"
+    (store.root / "index.sqlite").unlink()
+    assert Store(store.root).rebuild_index() == 1
+
+
+def test_cli_run_ls_validate(tiny_llama_dir, tmp_path, fake_records, capsys) -> None:
+    cfg = tmp_path / "e.yaml"
+    cfg.write_text(
+        f"name: cli\nmodel: {tiny_llama_dir}\nmethods: [base, lora, prompt]\n"
+        "task: {lm: {limit_train: 16, limit_eval: 4, max_length: 32}}\n"
+        "train: {max_steps: 2, batch_size: 4, warmup_steps: 1}\n"
+    )
+    store = tmp_path / "runs"
+    assert main(["validate", str(cfg)]) == 0
+    assert "3 run(s)" in capsys.readouterr().out
+    assert main(["run", str(cfg), "--store", str(store), "--set", "method=lora,prompt", "--set", "lora.r=4"]) == 0
+    out = capsys.readouterr().out
+    assert "2 ok, 0 not ok" in out
+    assert main(["run", str(cfg), "--store", str(store), "--set", "method=lora,prompt", "--set", "lora.r=4"]) == 0
+    assert "already done" in capsys.readouterr().out
+    assert main(["ls", "runs", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "perplexity=" in out and "2 run(s)" in out
+    lora = [r for r in Store(store).results() if r["label"] == "lora"][0]
+    assert lora["method_args"]["r"] == 4
+
+
+def test_cli_errors_are_one_sentence(tmp_path, capsys) -> None:
+    cfg = tmp_path / "e.yaml"
+    cfg.write_text("methods: [lorra]\n")
+    assert main(["validate", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: methods: unknown method 'lorra'") and "Traceback" not in err
+    assert main(["validate", str(tmp_path / "missing.yaml")]) == 2
+    assert "no such experiment file" in capsys.readouterr().err
+
+
+def test_unknown_model_name_is_one_sentence() -> None:
+    from peftlab.models import ModelResolutionError, resolve_path
+
+    with pytest.raises(ModelResolutionError, match="neither an offline alias .* a local directory, nor a hub id"):
+        resolve_path("not-a-model")
+
+
+def test_hub_unreachable_is_one_sentence(monkeypatch) -> None:
+    from peftlab.models import ModelResolutionError, load_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelResolutionError, match="hub is unreachable or offline mode is on"):
+        load_model("someone/does-not-exist-model", device="cpu")
+
+
+def test_same_seed_same_losses(tiny_llama_dir, tmp_path, fake_records) -> None:
+    curves = []
+    for i in range(2):
+        store = Store(tmp_path / f"runs{i}")
+        rc = expand(experiment(tiny_llama_dir, store.root, max_steps=4))[0]
+        curves.append(execute_run(rc, store)["curves"]["train_loss"])
+    assert curves[0] == curves[1]
+    torch.use_deterministic_algorithms(False)
