@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run an experiment's grid × seeds with resume and an executor")
     _experiment_args(p)
     p.add_argument("--dry-run", action="store_true", help="show the plan and its size, run nothing")
-    p.add_argument("--retry-failed", action="store_true", help="also re-run failed/diverged/cancelled runs")
+    p.add_argument("--retry-failed", action="store_true", help="also re-run failed/diverged runs (interrupted and cancelled runs always re-run)")
     p.add_argument("--executor", choices=["local", "ray"], help="where runs execute (default local)")
     p.add_argument("--address", help="Ray cluster address (e.g. auto)")
     p.add_argument("--report", dest="report_dir", help="write the report here when the sweep ends")
@@ -83,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--store", default="runs")
     a.add_argument("--atol", type=float, default=None, help="tolerance for the logits check")
     a.set_defaults(func=_lazy("peftlab.lifecycle", "merge_cmd"))
+
+    p = sub.add_parser("evaluate", help="re-evaluate a finished run's adapter under decoding strategies (no retraining)")
+    p.add_argument("run", help="run id or run directory")
+    p.add_argument("--decoding", required=True,
+                   help="comma list of strategies, e.g. greedy,top_k=50,top_p=0.9,temperature=0.7 (join knobs with ':')")
+    p.add_argument("--store", default="runs")
+    p.add_argument("--limit-eval", type=int, default=None, help="evaluate a seeded subsample of N test examples")
+    p.set_defaults(func=_lazy("peftlab.lifecycle", "evaluate_cmd"))
 
     for name, helptext, fn in (("generate", "generate from a trained run", "generate_cmd"),
                                ("chat", "interactive chat with a trained run (streams tokens)", "chat_cmd")):
@@ -271,8 +279,10 @@ def cmd_data_show(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    console = logging.StreamHandler()
+    console.setLevel(logging.INFO if args.verbose else logging.WARNING)  # run logs still reach log.txt
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[console])
     _quiet_libraries()
     try:
         return args.func(args)

@@ -24,7 +24,7 @@ from peftlab.data.batching import make_batches
 from peftlab.measure import count_parameters, peak_flops, provenance, training_flops
 from peftlab.methods import ApplyContext, get_method
 from peftlab.models import default_device, load_model, load_tokenizer, resolve_path, torch_dtype
-from peftlab.store import Store, now
+from peftlab.store import RunLock, Store, now
 from peftlab.tasks import get_task
 from peftlab.tasks.examples import training_examples
 from peftlab.train import Diverged, train
@@ -67,12 +67,18 @@ class ModelCache:
 
 def execute_run(rc: RunConfig, store: Store, sweep_id: str | None = None,
                 progress: Callable[[int, int, float], None] | None = None,
-                cache: ModelCache | None = None) -> dict:
-    """Run `rc` and record it; returns the result dict (also written to the store)."""
+                cache: ModelCache | None = None, lock: RunLock | None = None) -> dict:
+    """Run `rc` and record it; returns the result dict (also written to the store).
+
+    `lock`: the run's lock already held by the caller (a sweep takes it first, so it can re-check the
+    status and clear a stale run directory under it); the caller then also releases it.
+    """
     run_id = rc.run_id()
-    lock = store.lock(run_id)
-    if not lock.acquire():
-        raise RunBusy(f"run {run_id} is being run by another process")
+    own_lock = lock is None
+    if lock is None:
+        lock = store.lock(run_id)
+        if not lock.acquire():
+            raise RunBusy(f"run {run_id} is being run by another process")
     handler = _attach_log(store.run_dir(run_id) / "log.txt")
     result = _initial_result(rc, run_id, sweep_id)
     try:
@@ -92,7 +98,8 @@ def execute_run(rc: RunConfig, store: Store, sweep_id: str | None = None,
     finally:
         log.removeHandler(handler)
         handler.close()
-        lock.release()
+        if own_lock:
+            lock.release()
     return result
 
 

@@ -157,8 +157,20 @@ class Store:
         with self._db() as db:
             db.execute(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({marks})", [row[c] for c in INDEX_COLUMNS])
 
-    def delete_run(self, run_id: str) -> None:
-        shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
+    def delete_run(self, run_id: str, keep_lock: bool = False) -> None:
+        """Remove the run's files and index row; `keep_lock` leaves `.lock` in place, so a process
+        holding that lock (clearing a stale run before re-running it) keeps excluding others."""
+        run_dir = self.run_dir(run_id)
+        if keep_lock and run_dir.is_dir():
+            for path in run_dir.iterdir():
+                if path.name == ".lock":
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
         with self._db() as db:
             db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
 
