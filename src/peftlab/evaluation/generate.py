@@ -95,9 +95,9 @@ def generation_kwargs(decoding: DecodingConfig, tokenizer: Any, model: Any = Non
         if n > 1:
             raise ValueError(f"decoding {decoding.name!r}: greedy decoding gives one answer per prompt; "
                              "n samples need sampling (e.g. temperature=0.7:n=5) or beam search (beam=5:n=5)")
-        kwargs.update(do_sample=False, num_beams=1, temperature=1.0, top_k=0, top_p=1.0)
+        kwargs.update(do_sample=False, num_beams=1, temperature=None, top_k=None, top_p=None)
     elif decoding.strategy == "beam":
-        kwargs.update(do_sample=False, num_beams=max(decoding.num_beams, n), temperature=1.0, top_k=0, top_p=1.0,
+        kwargs.update(do_sample=False, num_beams=max(decoding.num_beams, n), temperature=None, top_k=None, top_p=None,
                       length_penalty=1.0, early_stopping=True)
     else:
         kwargs.update(do_sample=True, num_beams=1, temperature=decoding.temperature, top_k=decoding.top_k or 0,

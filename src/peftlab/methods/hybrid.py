@@ -73,10 +73,16 @@ class LoraPromptModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
-        """Generate with the soft prompt in front; returns prompt ids + new ids like a plain model."""
-        inputs = self._with_prompt(input_ids, attention_mask)
-        new = self.peft_model.generate(**inputs, **kwargs)
-        return torch.cat([input_ids.repeat_interleave(new.shape[0] // input_ids.shape[0], dim=0), new], dim=1)
+        """Generate with the soft prompt in front; returns prompt ids + new ids like a plain model.
+
+        Runs through peftlab's generation path, which prepends the soft prompt at every forward
+        that starts a sequence and shifts positions past it, so `use_cache=False`, left padding
+        and beam search behave as they do for a plain model (generating from `inputs_embeds`
+        would force the cache on and could not be checked without it).
+        """
+        from peftlab.evaluation.generate import hf_generate
+
+        return hf_generate(self, input_ids, attention_mask, **kwargs)
 
     def save_pretrained(self, path: str | Path, **kwargs: Any) -> None:
         from safetensors.torch import save_file
