@@ -77,23 +77,41 @@ def tiny_tokenizer():
     return build_tokenizer()
 
 
+def train_tiny(model, tok, steps: int = 30, lr: float = 3e-3):
+    """Full-train a tiny model a few steps on the corpus so its outputs are not degenerate."""
+    import torch
+
+    texts = list(dict.fromkeys(CORPUS))
+    batch = tok(texts, padding=True, return_tensors="pt")
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    for _ in range(steps):
+        model(**batch, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model.eval()
+
+
+FAKE_TEXTS = [f"{CORPUS[i % 7]} number {i}" for i in range(64)]
+
+
+def fake_load_records(task, split, source="auto", limit=None, seed=0):
+    """The data layer, replaced: lm/sentiment records from a tiny in-memory corpus."""
+    if task == "lm":
+        records = [{"text": t} for t in FAKE_TEXTS]
+    elif task == "sentiment":
+        records = [{"text": t, "label": i % 2} for i, t in enumerate(FAKE_TEXTS)]
+    else:
+        raise AssertionError(f"fake data has no {task}")
+    records = records[:limit] if limit else records
+    return records, {"task": task, "split": split, "source": "fake", "origin": "tests", "count": len(records),
+                     "fingerprint": "0" * 64}
+
+
 @pytest.fixture
 def fake_records(monkeypatch):
     """Replace the data layer with small in-memory records (the data layer has its own tests)."""
     import peftlab.data as data
 
-    texts = [f"{CORPUS[i % 7]} number {i}" for i in range(64)]
-
-    def load_records(task, split, source="auto", limit=None, seed=0):
-        if task == "lm":
-            records = [{"text": t} for t in texts]
-        elif task == "sentiment":
-            records = [{"text": t, "label": i % 2} for i, t in enumerate(texts)]
-        else:
-            raise AssertionError(f"fake_records has no {task}")
-        records = records[:limit] if limit else records
-        return records, {"task": task, "split": split, "source": "fake", "origin": "tests", "count": len(records),
-                         "fingerprint": "0" * 64}
-
-    monkeypatch.setattr(data, "load_records", load_records)
-    return load_records
+    monkeypatch.setattr(data, "load_records", fake_load_records)
+    return fake_load_records

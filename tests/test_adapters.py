@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import build_model, build_tokenizer, train_tiny
 
-from conftest import CORPUS, build_model, build_tokenizer
 from peftlab.adapters import load, load_adapter, load_run, locate, merge, read_meta, save_adapter
 from peftlab.methods import ApplyContext, get_method
 from peftlab.models import load_model
@@ -36,23 +36,11 @@ def tok():
     return build_tokenizer()
 
 
-def _train(model, tok, steps=30):
-    texts = list(dict.fromkeys(CORPUS))
-    batch = tok(texts, padding=True, return_tensors="pt")
-    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(steps):
-        model(**batch, labels=labels).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tok):
     """A tiny Llama (tied embeddings, GQA) trained a few steps, saved with its tokenizer."""
     path = tmp_path_factory.mktemp("trained-llama")
-    _train(build_model("llama", len(tok)), tok).save_pretrained(path)
+    train_tiny(build_model("llama", len(tok)), tok).save_pretrained(path)
     tok.save_pretrained(path)
     return path
 
@@ -60,7 +48,7 @@ def model_dir(tmp_path_factory, tok):
 @pytest.fixture(scope="module")
 def gpt2_dir(tmp_path_factory, tok):
     path = tmp_path_factory.mktemp("trained-gpt2")
-    _train(build_model("gpt2", len(tok)), tok).save_pretrained(path)
+    train_tiny(build_model("gpt2", len(tok)), tok).save_pretrained(path)
     tok.save_pretrained(path)
     return path
 

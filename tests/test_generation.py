@@ -12,8 +12,8 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import build_model, build_tokenizer, train_tiny
 
-from conftest import CORPUS, build_model, build_tokenizer
 from peftlab.config import DecodingConfig, parse_decoding_spec
 from peftlab.evaluation.generate import GenerationOutput, generate, hf_generate, left_pad
 from peftlab.methods import ApplyContext, get_method
@@ -33,17 +33,8 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def train_tiny(kind: str, tok, steps: int = 40, seed: int = 0):
-    model = build_model(kind, len(tok), seed=seed)
-    texts = list(dict.fromkeys(CORPUS))
-    batch = tok(texts, padding=True, return_tensors="pt")
-    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(steps):
-        model(**batch, labels=labels).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    return model.eval()
+def trained(kind: str, tok, steps: int = 40, seed: int = 0):
+    return train_tiny(build_model(kind, len(tok), seed=seed), tok, steps=steps)
 
 
 def adapt(base, name: str, tok, args: dict | None = None, seed: int = 1):
@@ -73,7 +64,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def bases(tok):
-    return {"gpt2": train_tiny("gpt2", tok), "llama": train_tiny("llama", tok)}
+    return {"gpt2": trained("gpt2", tok), "llama": trained("llama", tok)}
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import copy
 
 import pytest
 import torch
-
 from conftest import build_model, build_tokenizer
+
 from peftlab.adapters import load_adapter, save_adapter
 from peftlab.config import TrainConfig
 from peftlab.measure import count_parameters

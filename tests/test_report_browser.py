@@ -15,6 +15,7 @@ import pytest
 
 from peftlab.report import write_report
 
+
 def _load_synthetic():
     """The unit tests' synthetic results, loaded by path so it works with any import mode."""
     spec = importlib.util.spec_from_file_location("_report_fixtures", Path(__file__).with_name("test_report.py"))

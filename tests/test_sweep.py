@@ -20,26 +20,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from conftest import CORPUS
+from conftest import fake_load_records
 
 TESTS_DIR = Path(__file__).resolve().parent
-FAKE_TEXTS = [f"{CORPUS[i % 7]} number {i}" for i in range(64)]
-
-
-def fake_load_records(task, split, source="auto", limit=None, seed=0):
-    """The data layer, replaced: lm/sentiment records from a tiny in-memory corpus."""
-    if task == "lm":
-        records = [{"text": t} for t in FAKE_TEXTS]
-    elif task == "sentiment":
-        records = [{"text": t, "label": i % 2} for i, t in enumerate(FAKE_TEXTS)]
-    else:
-        raise AssertionError(f"fake data has no {task}")
-    records = records[:limit] if limit else records
-    return records, {"task": task, "split": split, "source": "fake", "origin": "tests", "count": len(records),
-                     "fingerprint": "0" * 64}
-
-
 def install_fake_data() -> None:
     """A sweep `setup` hook (also used by the Ray test's workers): no network, no archives."""
     import peftlab.data as data

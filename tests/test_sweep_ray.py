@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-
-from test_sweep import assert_index_matches_files, fake_load_records, load, write_experiment
+from conftest import fake_load_records
+from test_sweep import assert_index_matches_files, load, write_experiment
 
 ray = pytest.importorskip("ray")
 TESTS_DIR = Path(__file__).resolve().parent

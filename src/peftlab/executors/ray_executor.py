@@ -63,9 +63,8 @@ def task_options(opts: dict) -> dict:
 
 def remote_run(rc: RunConfig, store_root: str, sweep_id: str, retry_failed: bool, setup: Any) -> dict:
     """The body of one Ray task (runs in the worker): setup hook, then claim-and-run on the shared store."""
-    from peftlab.store import Store
-
     from peftlab.cli import _quiet_libraries
+    from peftlab.store import Store
 
     _quiet_libraries()  # as on the CLI: no HF progress bars or library chatter in the driver's output
     fn = resolve_setup(setup)
