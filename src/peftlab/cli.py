@@ -302,6 +302,8 @@ def _quiet_libraries() -> None:
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", message=".*gemm_4bit.*")
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # peft vs transformers 5 deprecation
+    warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")  # peft sets it for GPT-2's Conv1D itself
     for name in ("transformers", "peft", "accelerate", "bitsandbytes"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
