@@ -92,6 +92,29 @@ def train_tiny(model, tok, steps: int = 30, lr: float = 3e-3):
     return model.eval()
 
 
+def perturb(model, seed: int = 1):
+    """Move every trainable tensor off its initialisation (seeded), as training would.
+
+    Fresh adapters are identities (LoRA's B = 0, IA3 = 1), so equivalence tests on them would pass
+    trivially; perturbed ones make the adapter change the outputs.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            noise = torch.randn(p.shape, generator=gen)
+            if "ia3" in name:
+                p.mul_(1 + 0.5 * noise)
+            elif "prompt" in name or "embedding" in name:
+                p.copy_(noise)
+            else:
+                p.add_(0.3 * noise)
+    return model.eval()
+
+
 FAKE_TEXTS = [f"{CORPUS[i % 7]} number {i}" for i in range(64)]
 
 

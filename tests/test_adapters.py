@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_model, build_tokenizer, train_tiny
+from conftest import build_model, build_tokenizer, perturb, train_tiny
 
 from peftlab.adapters import load, load_adapter, load_run, locate, merge, read_meta, save_adapter
 from peftlab.methods import ApplyContext, get_method
@@ -51,22 +51,6 @@ def gpt2_dir(tmp_path_factory, tok):
     train_tiny(build_model("gpt2", len(tok)), tok).save_pretrained(path)
     tok.save_pretrained(path)
     return path
-
-
-def perturb(model, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if not p.requires_grad:
-                continue
-            noise = torch.randn(p.shape, generator=gen)
-            if "ia3" in name:
-                p.mul_(1 + 0.5 * noise)
-            elif "prompt" in name or "embedding" in name:
-                p.copy_(noise)
-            else:
-                p.add_(0.3 * noise)
-    return model.eval()
 
 
 def make_run(root: Path, model_dir: Path, name: str, args: dict | None = None, quantize: bool = False,

@@ -12,7 +12,7 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import build_model, build_tokenizer, train_tiny
+from conftest import build_model, build_tokenizer, perturb, train_tiny
 
 from peftlab.config import DecodingConfig, parse_decoding_spec
 from peftlab.evaluation.generate import GenerationOutput, generate, hf_generate, left_pad
@@ -42,19 +42,9 @@ def adapt(base, name: str, tok, args: dict | None = None, seed: int = 1):
     method = get_method(name)
     torch.manual_seed(seed)  # peft initializes some adapter tensors from the global generator
     model = method.apply(copy.deepcopy(base), method.resolve_args(args or {}), ApplyContext(tokenizer=tok))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            if not p.requires_grad or name in ("base", "full"):
-                continue
-            noise = torch.randn(p.shape, generator=gen)
-            if "ia3" in pname:
-                p.mul_(1 + 0.5 * noise)
-            elif "prompt" in pname or "embedding" in pname:
-                p.copy_(noise)
-            else:
-                p.add_(0.3 * noise)
-    return model.eval()
+    if name in ("base", "full"):
+        return model.eval()
+    return perturb(model, seed)
 
 
 @pytest.fixture(scope="module")
