@@ -23,12 +23,7 @@ from peftlab.models import load_model
 IDS = torch.tensor([[5, 60, 7, 81, 9, 100, 11, 12, 200, 14]])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -36,21 +31,22 @@ def tok():
     return build_tokenizer()
 
 
+def _saved_trained(tmp_path_factory, tok, kind: str):
+    path = tmp_path_factory.mktemp(f"trained-{kind}")
+    train_tiny(build_model(kind, len(tok)), tok).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tok):
     """A tiny Llama (tied embeddings, GQA) trained a few steps, saved with its tokenizer."""
-    path = tmp_path_factory.mktemp("trained-llama")
-    train_tiny(build_model("llama", len(tok)), tok).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return _saved_trained(tmp_path_factory, tok, "llama")
 
 
 @pytest.fixture(scope="module")
 def gpt2_dir(tmp_path_factory, tok):
-    path = tmp_path_factory.mktemp("trained-gpt2")
-    train_tiny(build_model("gpt2", len(tok)), tok).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return _saved_trained(tmp_path_factory, tok, "gpt2")
 
 
 def make_run(root: Path, model_dir: Path, name: str, args: dict | None = None, quantize: bool = False,

@@ -24,13 +24,7 @@ NEW = 8
 METHODS = ["base", "lora", "dora", "ia3", "prompt", "prefix", "lora+prompt", "loha"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest (and steadiest on a shared machine) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trained(kind: str, tok, steps: int = 40, seed: int = 0):
