@@ -163,10 +163,9 @@ def _execute(rc: RunConfig, store: Store, result: dict, progress: Any, cache: Mo
     loader = lambda: load_model(rc.model.name, rc.model.dtype, method.quantize_base, device,  # noqa: E731
                                 rc.model.revision, rc.model.trust_remote_code, rc.model.gguf_file)
     base = cache.get(key, loader) if cache and not method.quantize_base else loader()
-    ctx = ApplyContext(tokenizer=tokenizer, model_name=rc.model.name, model_path=resolve_path(rc.model.name)[0])
-    model = method.apply(base, {**method_args, **({"seed": rc.seed} if method.name == "lora+prompt" else {})}, ctx)
-    if method.name == "lora+prompt":
-        model.to(device)
+    ctx = ApplyContext(tokenizer=tokenizer, model_name=rc.model.name, model_path=resolve_path(rc.model.name)[0],
+                       seed=rc.seed)
+    model = method.apply(base, method_args, ctx)
     params = count_parameters(model)
     log.info("run %s: %s on %s, %d trainable of %d (%.4f%%)", result["run_id"], method.name, rc.task.name,
              params["trainable_params"], params["total_params"], params["trainable_pct"])

@@ -115,9 +115,8 @@ def _apply_hybrid(model: nn.Module, args: dict, ctx: ApplyContext) -> nn.Module:
     args = dict(args)
     n = int(args.pop("num_virtual_tokens"))
     init = str(args.pop("prompt_init"))
-    seed = int(args.pop("seed", 0))
     peft_model = get_peft_model(model, lora_config(model, args))
-    return LoraPromptModel(peft_model, n, init=init, seed=seed)
+    return LoraPromptModel(peft_model, n, init=init, seed=ctx.seed)
 
 
 register(Method(

@@ -21,6 +21,7 @@ class ApplyContext:
     tokenizer: Any = None
     model_name: str = ""
     model_path: str = ""
+    seed: int = 0  # the run's seed, for methods that initialise tensors themselves (the hybrid's prompt)
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Method:
     def resolve_args(self, args: dict) -> dict:
         """Defaults overlaid with the user's arguments; unknown argument names are errors."""
         merged = {**self.defaults, **args}
-        if self.peft_type is None and self.name not in ("lora+prompt",):
+        if self.peft_type is None:
             unknown = set(args) - set(self.defaults)
             if unknown:
                 raise ValueError(
