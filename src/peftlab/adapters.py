@@ -516,7 +516,7 @@ def _dequantize_manually(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     import bitsandbytes as bnb
     import bitsandbytes.functional as F
 
-    for name, module in list(model.named_modules()):
+    for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, bnb.nn.Linear4bit):
                 weight = F.dequantize_4bit(child.weight.data, child.weight.quant_state).to(dtype)

@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run an experiment's grid × seeds with resume and an executor")
     _experiment_args(p)
     p.add_argument("--dry-run", action="store_true", help="show the plan and its size, run nothing")
-    p.add_argument("--retry-failed", action="store_true", help="also re-run failed/diverged runs (interrupted and cancelled runs always re-run)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="also re-run failed/diverged runs (interrupted and cancelled runs always re-run)")
     p.add_argument("--executor", choices=["local", "ray"], help="where runs execute (default local)")
     p.add_argument("--address", help="Ray cluster address (e.g. auto)")
     p.add_argument("--report", dest="report_dir", help="write the report here when the sweep ends")
