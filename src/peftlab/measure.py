@@ -7,8 +7,10 @@ count once.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
+import re
 import socket
 import subprocess
 import threading
@@ -246,6 +248,31 @@ def hardware() -> dict[str, Any]:
     return info
 
 
+LOCK_FILE = Path(__file__).resolve().parents[2] / "requirements.lock"  # beside pyproject.toml in a checkout
+
+
+def lock_state(path: Path = LOCK_FILE) -> dict[str, Any]:
+    """The environment lock behind a result: its SHA-256 and every installed package that differs from it.
+
+    `lock_sha256` is None when peftlab runs outside a checkout (no lock file); `lock_mismatches`
+    lists `{name, locked, installed}` for pinned packages installed at another version (or not
+    at all), so a result produced on a drifted environment says so.
+    """
+    try:
+        text = path.read_text()
+    except OSError:
+        return {"lock_sha256": None, "lock_mismatches": None}
+    mismatches = []
+    for name, locked in re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\;]+)", text, re.M):
+        try:
+            installed: str | None = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            installed = None
+        if installed != locked:
+            mismatches.append({"name": name, "locked": locked, "installed": installed})
+    return {"lock_sha256": hashlib.sha256(text.encode()).hexdigest(), "lock_mismatches": mismatches}
+
+
 def provenance() -> dict[str, Any]:
-    return {**git_state(), "packages": package_versions(), "hardware": hardware(),
+    return {**git_state(), **lock_state(), "packages": package_versions(), "hardware": hardware(),
             "python": platform.python_version(), "hostname": socket.gethostname()}
