@@ -98,6 +98,21 @@ def test_cache_equivalence(bases, tok, prompt_ids, kind, name):
         assert ids_of(cached) != plain, f"{name} adapter does not change the output; the test would prove nothing"
 
 
+@pytest.mark.parametrize("name", ["prompt", "prefix", "lora+prompt"])
+def test_virtual_token_generation_uses_no_deprecated_cache_argument(bases, tok, prompt_ids, name):
+    """transformers 5.24 renamed the forward's `past_key_values` to `cache` (the old name goes in 5.40):
+    peftlab's virtual-token path must pass whichever name the installed release takes, with no warning."""
+    import warnings
+
+    model = adapt(bases["llama"], name, tok)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        generate(model, tok, prompt_ids, GREEDY, batch_size=8)
+        generate(model, tok, prompt_ids, GREEDY, batch_size=8, use_cache=False)
+    deprecated = [str(w.message) for w in caught if "past_key_values" in str(w.message)]
+    assert not deprecated, deprecated
+
+
 def test_cache_equivalence_qlora(tmp_path, bases, tok, prompt_ids):
     pytest.importorskip("bitsandbytes")
     from peftlab.models import load_model

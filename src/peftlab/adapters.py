@@ -38,6 +38,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from peftlab.evaluation.generate import cache_argument
 from peftlab.measure import directory_bytes
 from peftlab.methods import get_method
 from peftlab.methods.hybrid import SOFT_PROMPT_FILE, LoraPromptModel
@@ -335,7 +336,7 @@ def prefix_cache(batch=1):
     return cache
 
 ids = tokenizer("your prompt", return_tensors="pt").input_ids
-out = model(input_ids=ids, past_key_values=prefix_cache(),
+out = model(input_ids=ids, {cache_arg}=prefix_cache(),   # `past_key_values=` before transformers 5.24
             attention_mask=torch.ones(1, {n} + ids.shape[1], dtype=torch.long))
 ```
 """
@@ -375,7 +376,8 @@ def export_prefix(model: nn.Module, out: str | Path) -> Path | None:
     path = out / PREFIX_FILE
     n = layers[0][0].shape[1]
     save_file(tensors, str(path), metadata={"method": "prefix", "num_virtual_tokens": str(n), "layers": str(len(layers))})
-    (out / "PREFIX.md").write_text(PREFIX_NOTE.format(n=n, file=PREFIX_FILE, out=out, layers=len(layers)))
+    (out / "PREFIX.md").write_text(PREFIX_NOTE.format(n=n, file=PREFIX_FILE, out=out, layers=len(layers),
+                                                     cache_arg=cache_argument(model.forward)))
     return path
 
 
@@ -444,7 +446,7 @@ def _logits(model: nn.Module, ids: torch.Tensor, soft: torch.Tensor | None = Non
         elif prefix is not None:
             cache = prefix_cache(model, prefix)
             n = cache.get_seq_length()
-            out = model(input_ids=ids, past_key_values=cache,
+            out = model(input_ids=ids, **{cache_argument(model.forward): cache},
                         attention_mask=torch.ones(1, n + length, dtype=torch.long, device=device))
         else:
             out = model(input_ids=ids)

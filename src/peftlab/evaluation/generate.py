@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -154,6 +155,20 @@ class StopOnStrings:
 
 
 # ------------------------------------------------------------------------------- virtual tokens
+# The keyword a transformers forward takes for its KV cache: `cache` since transformers 5.24,
+# `past_key_values` before (5.24 still accepts the old name with a FutureWarning until 5.40).
+CACHE_ARGUMENTS = ("cache", "past_key_values")
+
+
+def cache_argument(forward: Callable[..., Any]) -> str:
+    """`"cache"` or `"past_key_values"`: the name `forward` (a transformers model's) takes its KV cache by."""
+    try:
+        params = inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return next((name for name in CACHE_ARGUMENTS if name in params), "past_key_values")
+
+
 @dataclass
 class _Target:
     """What `generate` is called on, and what each forward must add (virtual tokens)."""
@@ -208,13 +223,19 @@ def _virtual_tokens(target: _Target) -> Iterator[None]:
     orig = inner.forward
     n = target.num_virtual
 
+    cache_name = cache_argument(orig)
+
     @functools.wraps(orig)
     def forward(input_ids: Any = None, attention_mask: Any = None, position_ids: Any = None,
-                past_key_values: Any = None, inputs_embeds: Any = None, use_cache: Any = None, **kwargs: Any) -> Any:
+                inputs_embeds: Any = None, use_cache: Any = None, **kwargs: Any) -> Any:
         if inputs_embeds is not None:
             raise ValueError("peftlab generation of prompt-learning models takes input_ids, not inputs_embeds")
+        cache = None
+        for name in CACHE_ARGUMENTS:  # whichever name this transformers release passes
+            value = kwargs.pop(name, None)
+            cache = value if value is not None else cache
         batch, length = input_ids.shape
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past = cache.get_seq_length() if cache is not None else 0
         prefill = past == 0
         if attention_mask is not None:
             if attention_mask.dim() != 2:
@@ -233,13 +254,16 @@ def _virtual_tokens(target: _Target) -> Iterator[None]:
             position_ids = torch.cat([torch.arange(n, device=position_ids.device).unsqueeze(0).expand(batch, -1),
                                       position_ids], dim=1)
         elif prefill and target.prefix is not None:
-            past_key_values = target.prefix(batch)
+            cache = target.prefix(batch)
+        kwargs[cache_name] = cache
         out = orig(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
+                   inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
         if prefill and target.soft_prompt is not None and out.logits.shape[1] == n + length:
             out["logits"] = out.logits[:, n:]
-        if not use_cache and getattr(out, "past_key_values", None) is not None:
-            out["past_key_values"] = None  # a cache-free run must not carry the prefix cache to the next step
+        if not use_cache:  # a cache-free run must not carry the prefix cache to the next step
+            for name in CACHE_ARGUMENTS:
+                if getattr(out, name, None) is not None:
+                    out[name] = None
         return out
 
     inner.forward = forward
