@@ -76,6 +76,9 @@ def test_normalize_number(raw, expected):
         ("\\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}", True),  # non-numeric: compared as text
         ("\\text{(A)}", "(a)", True), ("x + 1", "x+1", True), ("x + 2", "x+1", False),
         (None, "5", False), ("five", "5", False),
+        # an "=" inside a parenthetical after the answer is working, not the answer
+        ("15 apples (x = 5 per basket)", "15", True), ("15 apples (x = 5 per basket)", "5", False),
+        ("(3 + 4) = 7", "7", True), ("x = 5 (apples)", "5", True), ("[a = 2] b = 9", "9", True),
     ],
 )
 def test_answers_match(prediction, gold, expected):

@@ -214,14 +214,29 @@ def _to_fraction(number: str, denominator: str | None = None) -> Fraction:
     return value
 
 
-def _prepare(text: str) -> str:
-    """LaTeX clean-up, currency removal and keep only what follows the last ``=``.
+def _last_top_level_equals(text: str) -> int:
+    """Index of the last ``=`` outside any (), [] or {} group, or -1."""
+    depth, last = 0, -1
+    for i, ch in enumerate(text):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth = max(depth - 1, 0)
+        elif ch == "=" and depth == 0:
+            last = i
+    return last
 
-    "x = 5" and "3 + 4 = 7" both declare the right-hand side as the answer.
+
+def _prepare(text: str) -> str:
+    """LaTeX clean-up, currency removal and keep only what follows the last top-level ``=``.
+
+    "x = 5" and "(3 + 4) = 7" both declare the right-hand side as the answer; an ``=`` inside a
+    parenthetical is working, not the answer: "15 apples (x = 5 per basket)" declares 15.
     """
     text = _CURRENCY_RE.sub("", _clean_latex(text))
-    if "=" in text:
-        text = text.rsplit("=", 1)[1]
+    cut = _last_top_level_equals(text)
+    if cut != -1:
+        text = text[cut + 1:]
     return text.strip()
 
 
