@@ -367,7 +367,8 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
     identical re-evaluation replaces its older copy) and the index row is updated.
     """
     evaluations = evaluate_run(args.run, args.decoding, store=getattr(args, "store", "runs"),
-                               limit_eval=getattr(args, "limit_eval", None))
+                               limit_eval=getattr(args, "limit_eval", None),
+                               allow_code_execution=getattr(args, "allow_code_execution", False))
     width = max(len(e["name"]) for e in evaluations)
     for ev in evaluations:
         tp = ev.get("throughput") or {}
@@ -379,12 +380,20 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
 
 
 def evaluate_run(run: str, decoding: str, store: str | Path = "runs", limit_eval: int | None = None,
-                 device: str | None = None) -> list[dict]:
+                 device: str | None = None, allow_code_execution: bool = False) -> list[dict]:
+    """Evaluate a finished run's adapter under `decoding` and record it in the run's result.json.
+
+    Tasks that execute model-written code (the `code` task unless `execute: false`) need the
+    opt-in of *this* call: `allow_code_execution` (the command's `--allow-code-execution`) or
+    `PEFTLAB_ALLOW_CODE_EXECUTION=1`. The `eval.allow_code_execution` stored in the run's config
+    is ignored: it consented to executing that run's code then, not to re-executing new model
+    output now. Without the opt-in, `UnsafeCodeExecutionNotAllowed` is raised before any data or
+    model is loaded.
+    """
     import yaml
 
     from peftlab.config import RunConfig
-    from peftlab.runner import DATA_SEED, EvalContext
-    from peftlab.store import Store, now
+    from peftlab.evaluation import sandbox
     from peftlab.tasks import get_task
 
     ref = locate(run, store)
@@ -395,6 +404,12 @@ def evaluate_run(run: str, decoding: str, store: str | Path = "runs", limit_eval
                          "are re-evaluated")
     rc = RunConfig.from_dict(yaml.safe_load((ref.run_dir / "config.yaml").read_text()))
     spec = get_task(rc.task.name)
+    executes_code = getattr(spec.module, "executes_code", None)
+    if executes_code is not None and executes_code(spec.resolve_args(rc.task.args)):
+        sandbox.require_opt_in(allow_code_execution, f"Re-evaluating run {ref.run_dir.name}")
+    from peftlab.runner import DATA_SEED, EvalContext
+    from peftlab.store import Store, now
+
     decodings = decodings_from(decoding)
     limit = limit_eval or rc.task.limit_eval
     split = spec.splits.get("test")
@@ -404,7 +419,8 @@ def evaluate_run(run: str, decoding: str, store: str | Path = "runs", limit_eval
 
     records, data_info = load_records(rc.task.name, split, source=rc.task.source, limit=limit, seed=DATA_SEED)
     loaded = load_run(ref.run_dir, device=device)
-    eval_cfg = dataclasses.replace(rc.eval, decoding=decodings)
+    # the stored opt-in never carries over: only this call's (or the environment's) counts
+    eval_cfg = dataclasses.replace(rc.eval, decoding=decodings, allow_code_execution=bool(allow_code_execution))
     ctx = EvalContext(model=loaded.model, tokenizer=loaded.tokenizer, records=records,
                       args=spec.resolve_args(rc.task.args), max_length=rc.task.max_length,
                       device=str(_device(loaded)), eval=eval_cfg, spec=spec, method=rc.method.method)

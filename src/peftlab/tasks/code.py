@@ -18,10 +18,13 @@ between the first completion and the canonical solution (a similarity signal tha
 execution).
 
 Executing completions runs model-written code on this machine (in `peftlab.evaluation.sandbox`):
-it needs the user's opt-in (`--allow-code-execution`, `eval.allow_code_execution: true` or
-`PEFTLAB_ALLOW_CODE_EXECUTION=1`), checked *before* any generation so a missing opt-in fails in
-seconds, not after minutes of decoding. `args.execute: false` skips execution: only
-token_jaccard is reported. Every evaluation entry records `executed` (true/false).
+it needs the user's opt-in (`--allow-code-execution`, `eval.allow_code_execution: true` in the
+experiment being run, or `PEFTLAB_ALLOW_CODE_EXECUTION=1`), checked *before* any generation so a
+missing opt-in fails in seconds, not after minutes of decoding. Re-evaluating a finished run
+(`peftlab evaluate`) never reuses the opt-in stored in the run's config: it asks
+`executes_code` before loading anything and needs the flag or the environment variable on that
+command. `args.execute: false` skips execution: only token_jaccard is reported. Every evaluation
+entry records `executed` (true/false).
 """
 
 from __future__ import annotations
@@ -59,8 +62,13 @@ def code_decodings(spec: TaskSpec, ctx: Any) -> list[Any]:
     return out
 
 
+def executes_code(args: dict) -> bool:
+    """Whether evaluating with these (resolved) task arguments runs model-written code."""
+    return bool(args.get("execute", True))
+
+
 def evaluate(spec: TaskSpec, ctx: Any) -> dict:
-    execute = bool(ctx.args.get("execute", True))
+    execute = executes_code(ctx.args)
     if execute:  # refuse before spending minutes generating
         sandbox.require_opt_in(ctx.eval.allow_code_execution)
     problems = ctx.records
