@@ -3,13 +3,54 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, RuntimeError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the usage itself is one `--help` away)."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def _tolerance(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
 
 
 def _experiment_args(p: argparse.ArgumentParser) -> None:
@@ -21,7 +62,7 @@ def _experiment_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="peftlab", description=__doc__)
+    parser = _Parser(prog="peftlab", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log every training step")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -58,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check an experiment file without running it")
     _experiment_args(p)
+    p.add_argument("--allow-code-execution", action="store_true", help="the run will allow model-written code (code task)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("data", help="prepare offline data/models, or show a task's data")
@@ -69,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = dsub.add_parser("show", help="counts and examples per split")
     d.add_argument("task")
     d.add_argument("--source", default="offline", choices=["auto", "hub", "offline"])
-    d.add_argument("-n", type=int, default=3)
+    d.add_argument("-n", type=_count, default=3)
     d.set_defaults(func=cmd_data_show)
 
     p = sub.add_parser("adapters", help="inspect, merge or export a run's adapter")
@@ -82,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("run", help="run id or run directory")
     a.add_argument("--out", required=True)
     a.add_argument("--store", default="runs")
-    a.add_argument("--atol", type=float, default=None, help="tolerance for the logits check")
+    a.add_argument("--atol", type=_tolerance, default=None, help="tolerance for the logits check")
     a.set_defaults(func=_lazy("peftlab.lifecycle", "merge_cmd"))
 
     p = sub.add_parser("evaluate", help="re-evaluate a finished run's adapter under decoding strategies (no retraining)")
@@ -90,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decoding", required=True,
                    help="comma list of strategies, e.g. greedy,top_k=50,top_p=0.9,temperature=0.7 (join knobs with ':')")
     p.add_argument("--store", default="runs")
-    p.add_argument("--limit-eval", type=int, default=None, help="evaluate a seeded subsample of N test examples")
+    p.add_argument("--limit-eval", type=_positive_int, default=None, help="evaluate a seeded subsample of N test examples")
+    p.add_argument("--allow-code-execution", action="store_true",
+                   help="run model-written code (code task); the run's stored setting never counts")
     p.set_defaults(func=_lazy("peftlab.lifecycle", "evaluate_cmd"))
 
     for name, helptext, fn in (("generate", "generate from a trained run", "generate_cmd"),
@@ -101,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument("prompts", nargs="+")
         g.add_argument("--store", default="runs")
         g.add_argument("--decoding", default="greedy", help="greedy, beam=4, top_k=50, top_p=0.9, temperature=0.7 …")
-        g.add_argument("--max-new-tokens", type=int, default=128)
+        g.add_argument("--max-new-tokens", type=_positive_int, default=128)
         g.add_argument("--system", default="", help="system message")
         g.set_defaults(func=_lazy("peftlab.lifecycle", fn))
     return parser
@@ -118,24 +162,75 @@ def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
 
 # ------------------------------------------------------------------------------------------ run
 def load_for_cli(args: argparse.Namespace) -> Any:
-    from peftlab.config import load_experiment
+    """The experiment of `run`/`sweep`/`validate`, with every check that needs no model, and its
+    store and report paths checked before anything runs."""
+    from peftlab.config import ConfigError, load_experiment
 
     sets = list(args.sets)
-    if getattr(args, "decoding", None):
+    if getattr(args, "decoding", None) is not None:
         sets.append(f"eval.decoding={_decoding_list(args.decoding)}")
     if getattr(args, "allow_code_execution", False):
         sets.append("eval.allow_code_execution=true")
     exp = load_experiment(args.config, args.preset, sets)
-    if getattr(args, "store", None):
+    if getattr(args, "store", None) is not None:
         import dataclasses
 
+        if not args.store.strip():
+            raise ConfigError("--store: empty path; give the run store directory")
         exp = dataclasses.replace(exp, output_dir=args.store)
+    writes = getattr(args, "command", None) == "run" or (getattr(args, "command", None) == "sweep"
+                                                          and not getattr(args, "dry_run", False))
+    check_dir(exp.output_dir, "--store" if getattr(args, "store", None) else "output_dir", writes)
+    if getattr(args, "report_dir", None) is not None:
+        check_dir(args.report_dir, "--report", writes)
     return exp
+
+
+def check_dir(path: str | Path, flag: str, writes: bool = True) -> None:
+    """A directory peftlab will write: not a file, not under a file, and (when `writes`) writable.
+
+    Checked before any run starts, so a wrong path is one sentence, not a failure after training.
+    """
+    from peftlab.config import ConfigError
+
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{flag} {path}: is a file, not a directory")
+    parent = p
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise ConfigError(f"{flag} {path}: cannot be created because {parent} is a file")
+    if writes and parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: {parent} is not writable (read-only or permission denied)")
+
+
+def check_run_options(exp: Any) -> None:
+    """The experiment's executor options and trackers (checked by `sweep` too), before anything runs."""
+    from peftlab.sweep import check_trackers, executor_options
+
+    executor_options(exp)
+    check_trackers(list(exp.trackers))
 
 
 def _decoding_list(text: str) -> list[str]:
     """`greedy,top_k=50,top_p=0.9` → one strategy per comma (use `:` to join knobs of one)."""
-    return [part.strip() for part in text.split(",") if part.strip()]
+    from peftlab.config import ConfigError
+
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise ConfigError(f"--decoding {text!r}: name at least one strategy, e.g. greedy or greedy,top_p=0.9")
+    return parts
+
+
+def check_decoding_flag(args: argparse.Namespace) -> None:
+    """`generate`/`chat`/`evaluate --decoding …`: parse every strategy before a model is loaded."""
+    from peftlab.config import parse_decoding_spec
+
+    text = getattr(args, "decoding", None)
+    if text is not None:
+        for part in _decoding_list(text):
+            parse_decoding_spec(part)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -145,6 +240,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     exp = load_for_cli(args)
     runs = validate(exp)
+    check_run_options(exp)
     store = Store(exp.output_dir)
     cache = ModelCache()
     print(f"{exp.name}: {len(runs)} run(s) → {store.root}/")
@@ -221,6 +317,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         if not Path(args.store).exists():
             print(f"no run store at {args.store}")
             return 0
+        check_dir(args.store, "--store", writes=False)
         results = Store(args.store).results(**filters)
         for r in results:
             print(f"{r['run_id'][:60]:<60}  {summary_line(r)}")
@@ -233,6 +330,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     exp = load_for_cli(args)
     runs = validate(exp)
+    check_run_options(exp)
     print(f"{args.config}: ok — {len(exp.tasks)} task(s), {len(exp.methods)} method(s), "
           f"{len(exp.seeds)} seed(s), {len(runs)} run(s)")
     return 0
@@ -244,6 +342,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if not (Path(args.store) / "index.sqlite").exists():
         raise FileNotFoundError(f"no run store at {args.store} (run `peftlab run` or `peftlab sweep` first)")
+    check_dir(args.out, "--out")
     filters = {"experiment": args.experiment} if args.experiment else {}
     results = Store(args.store).results(**filters)
     paths = write_report(results, Path(args.out), title=args.title)
@@ -257,6 +356,17 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     from peftlab.models import ALIASES, DEFAULT_MODEL, prepare_alias
 
     names = args.names or [DEFAULT_MODEL, *sorted(_task_names())]
+    known = [*_task_names(), *ALIASES, "all"]
+    for name in names:
+        if name not in known:
+            import difflib
+
+            from peftlab.config import ConfigError
+
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"data prepare: unknown name {name!r}{hint}; tasks: {', '.join(_task_names())}; "
+                              f"model aliases: {', '.join(ALIASES)}")
     models = [n for n in names if n in ALIASES]
     tasks = [n for n in names if n not in ALIASES]
     for alias in models:
@@ -286,15 +396,53 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[console])
     _quiet_libraries()
     try:
+        if args.command in ("generate", "chat", "evaluate"):
+            check_decoding_flag(args)
         return args.func(args)
     except KeyboardInterrupt:
         print("\ncancelled (finished runs are kept; the interrupted run is recorded as cancelled)", file=sys.stderr)
         return 130
-    except USER_ERRORS as exc:
+    except Exception as exc:  # every error is one line; -v shows the traceback
         if args.verbose:
             raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        print(f"error: {error_line(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, (*USER_ERRORS, OSError)) or _is_sqlite_error(exc) else 1
+
+
+_OS_REASONS = {
+    errno.ENOSPC: "no space left on device (disk full)",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EISDIR: "is a directory, not a file",
+    errno.ENOTDIR: "a part of this path is a file, not a directory",
+    errno.EEXIST: "already exists and is not a directory",
+    errno.ENAMETOOLONG: "the name is too long",
+    errno.ENOENT: "no such file or directory",
+}
+
+
+def error_line(exc: BaseException) -> str:
+    """One line naming what went wrong: a file system error names its path and the reason in words."""
+    if isinstance(exc, OSError) and exc.errno is not None and type(exc).__str__ is OSError.__str__:
+        reason = _OS_REASONS.get(exc.errno, exc.strerror or str(exc))
+        if exc.filename is not None:
+            other = f" (-> {exc.filename2})" if getattr(exc, "filename2", None) else ""
+            text = f"{exc.filename}{other}: {reason}"
+        else:
+            text = reason
+    elif _is_sqlite_error(exc):
+        text = f"run store index (SQLite): {exc}"
+    elif isinstance(exc, (*USER_ERRORS, OSError)):
+        text = str(exc) or type(exc).__name__
+    else:
+        text = f"unexpected {type(exc).__name__}: {exc} (a bug in peftlab: rerun with -v for the traceback)"
+    return " ".join(text.split())
+
+
+def _is_sqlite_error(exc: BaseException) -> bool:
+    return type(exc).__module__ == "sqlite3" or any(c.__module__ == "sqlite3" for c in type(exc).__mro__)
 
 
 def _quiet_libraries() -> None:

@@ -12,6 +12,8 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
+import types
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -29,12 +31,28 @@ def _suggest(name: str, valid: list[str]) -> str:
     return f"{hint}; valid: {', '.join(sorted(valid))}"
 
 
+# Integers beyond this are refused whatever the field (a float such as 1e29 is "integral" but absurd).
+MAX_INT = 2**53
+MAX_STEPS = 10**9  # steps, warm-up and evaluation intervals: more could never finish
+MAX_SIZE = 10**6  # batch sizes, accumulation, lengths, beams, samples, token budgets
+
+
+def _number_text(value: Any) -> Any:
+    """YAML 1.1 reads `1e-4` and `1e3` as strings; users mean numbers. Other values pass through."""
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return value
+    return value
+
+
 def _coerce(value: Any, typ: Any, where: str) -> Any:
     """Check/convert one YAML value to the declared field type, naming `where` on failure."""
     origin = get_origin(typ)
     if typ is Any:
         return value
-    if origin is Union:
+    if origin is Union or origin is types.UnionType:  # `int | None` is a UnionType, not a typing.Union
         args = [a for a in get_args(typ) if a is not type(None)]
         if value is None:
             if type(None) in get_args(typ):
@@ -47,7 +65,7 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
         (inner,) = get_args(typ)[:1] or (Any,)
         items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
-    if origin is dict:
+    if origin is dict or typ is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
         return dict(value)
@@ -56,18 +74,20 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
             return value
         raise ConfigError(f"{where}: expected true/false, got {value!r}")
     if typ is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        number = _number_text(value)
+        if (isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number)
+                or int(number) != number):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return int(value)
+        if abs(number) > MAX_INT:
+            raise ConfigError(f"{where}: {value!r} is out of range (at most {MAX_INT:,})")
+        return int(number)
     if typ is float:
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        number = _number_text(value)
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return float(number)
     if typ is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
@@ -102,11 +122,34 @@ def _choice(value: str, valid: tuple[str, ...], where: str) -> None:
         raise ConfigError(f"{where}: {value!r} is not valid{_suggest(value, list(valid))}")
 
 
-def _positive(value: float | int | None, where: str, allow_zero: bool = False) -> None:
+def _positive(value: float | int | None, where: str, allow_zero: bool = False, at_most: float | None = None) -> None:
     if value is None:
         return
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{where}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    if at_most is not None and value > at_most:
+        limit = f"{at_most:,.0f}" if float(at_most).is_integer() else f"{at_most:g}"
+        raise ConfigError(f"{where}: {value:g} is absurdly large (at most {limit})")
+
+
+_UNSAFE_NAME_CHARS = ("/", "\\", "\0")
+
+
+def check_name(value: Any, where: str, max_len: int = 100) -> str:
+    """A name that becomes part of a directory name: no path separators, `..`, or control characters."""
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a name (a string), got {value!r}")
+    text = str(value)
+    if not text.strip():
+        raise ConfigError(f"{where}: must not be empty")
+    if any(c in text for c in _UNSAFE_NAME_CHARS) or ".." in text or text == ".":
+        raise ConfigError(f"{where}: {text!r} must not contain path separators or '..' (it names a directory "
+                          "inside the run store)")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ConfigError(f"{where}: {text!r} must not contain control characters")
+    if len(text) > max_len:
+        raise ConfigError(f"{where}: {len(text)} characters is too long (at most {max_len})")
+    return text
 
 
 @dataclass(frozen=True)
@@ -120,6 +163,9 @@ class ModelConfig:
     gguf_file: str | None = None
 
     def __post_init__(self) -> None:
+        if not str(self.name).strip():
+            raise ConfigError("model.name: must not be empty; give an offline alias, a hub id (owner/name) or a "
+                              "local directory")
         _choice(self.dtype, ("auto", "float32", "bfloat16", "float16"), "model.dtype")
 
 
@@ -138,7 +184,7 @@ class TaskConfig:
         _choice(self.source, ("auto", "hub", "offline"), f"task {self.name}.source")
         _positive(self.limit_train, f"task {self.name}.limit_train")
         _positive(self.limit_eval, f"task {self.name}.limit_eval")
-        _positive(self.max_length, f"task {self.name}.max_length")
+        _positive(self.max_length, f"task {self.name}.max_length", at_most=MAX_SIZE)
 
 
 @dataclass(frozen=True)
@@ -148,6 +194,12 @@ class MethodConfig:
     label: str
     method: str
     args: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not str(self.method).strip():
+            raise ConfigError(f"methods: entry {self.label!r} names no method")
+        if not str(self.label).strip() or any(ord(c) < 32 or ord(c) == 127 for c in str(self.label)):
+            raise ConfigError(f"methods: label {self.label!r} must be a non-empty name without control characters")
 
 
 @dataclass(frozen=True)
@@ -176,15 +228,26 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _positive(self.lr, "train.lr")
         _positive(self.weight_decay, "train.weight_decay", allow_zero=True)
-        _positive(self.warmup_steps, "train.warmup_steps", allow_zero=True)
+        _positive(self.warmup_steps, "train.warmup_steps", allow_zero=True, at_most=MAX_STEPS)
         _choice(self.schedule, ("linear", "cosine", "constant"), "train.schedule")
-        _positive(self.epochs, "train.epochs")
-        _positive(self.max_steps, "train.max_steps")
-        _positive(self.batch_size, "train.batch_size")
-        _positive(self.grad_accum, "train.grad_accum")
+        _positive(self.epochs, "train.epochs", at_most=MAX_SIZE)
+        _positive(self.max_steps, "train.max_steps", at_most=MAX_STEPS)
+        _positive(self.batch_size, "train.batch_size", at_most=MAX_SIZE)
+        _positive(self.grad_accum, "train.grad_accum", at_most=MAX_SIZE)
         _positive(self.max_grad_norm, "train.max_grad_norm")
-        _positive(self.eval_every, "train.eval_every")
+        _positive(self.eval_every, "train.eval_every", at_most=MAX_STEPS)
+        _positive(self.eval_batches, "train.eval_batches", allow_zero=True, at_most=MAX_SIZE)
         _choice(self.mixed_precision, ("auto", "no", "bf16", "fp16"), "train.mixed_precision")
+        _positive(self.log_every, "train.log_every", at_most=MAX_STEPS)
+        _positive(self.peak_tflops, "train.peak_tflops")
+        _positive(self.num_threads, "train.num_threads", at_most=4096)
+
+    def warmup_problem(self) -> str | None:
+        """Why this schedule cannot work, when max_steps leaves no room after warm-up (else None)."""
+        if self.max_steps is not None and self.warmup_steps and self.max_steps <= self.warmup_steps:
+            return (f"train.max_steps ({self.max_steps}) must be greater than train.warmup_steps "
+                    f"({self.warmup_steps}), or the learning rate never leaves warm-up; lower train.warmup_steps")
+        return None
 
 
 @dataclass(frozen=True)
@@ -204,10 +267,11 @@ class DecodingConfig:
 
     def __post_init__(self) -> None:
         _choice(self.strategy, ("greedy", "beam", "sample"), "decoding.strategy")
-        _positive(self.max_new_tokens, "decoding.max_new_tokens")
-        _positive(self.num_beams, "decoding.num_beams")
+        _positive(self.max_new_tokens, "decoding.max_new_tokens", at_most=MAX_SIZE)
+        _positive(self.num_beams, "decoding.num_beams", at_most=1000)
         _positive(self.temperature, "decoding.temperature")
-        _positive(self.num_return_sequences, "decoding.num_return_sequences")
+        _positive(self.top_k, "decoding.top_k", at_most=MAX_SIZE)
+        _positive(self.num_return_sequences, "decoding.num_return_sequences", at_most=MAX_SIZE)
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ConfigError(f"decoding.top_p: must be in (0, 1], got {self.top_p}")
 
@@ -219,6 +283,11 @@ class EvalConfig:
     batch_size: int = 8
     decoding: list[DecodingConfig] = field(default_factory=lambda: [DecodingConfig()])
     allow_code_execution: bool = False
+
+    def __post_init__(self) -> None:
+        _positive(self.batch_size, "eval.batch_size", at_most=MAX_SIZE)
+        if not self.decoding:
+            raise ConfigError("eval.decoding: must name at least one strategy, e.g. greedy")
 
 
 @dataclass(frozen=True)
@@ -236,6 +305,18 @@ class ExperimentConfig:
     output_dir: str = "runs"
     executor: dict = field(default_factory=dict)
     trackers: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "name")
+        for what, items, example in (("tasks", self.tasks, "lm"), ("methods", self.methods, "lora"),
+                                     ("seeds", self.seeds, "0")):
+            if not items:
+                raise ConfigError(f"{what}: the list is empty; give at least one (e.g. {what}: [{example}])")
+        for seed in self.seeds:
+            if not 0 <= seed < 2**32:
+                raise ConfigError(f"seeds: {seed} is out of range (0 <= seed < 2**32)")
+        if not str(self.output_dir).strip():
+            raise ConfigError("output_dir: must not be empty")
 
 
 @dataclass(frozen=True)
@@ -265,13 +346,19 @@ class RunConfig:
         return hashlib.sha256(blob).hexdigest()[:10]
 
     def run_id(self) -> str:
-        grid = "".join(f"--{k.split('.')[-1]}{v}" for k, v in sorted(self.grid.items()))
-        label = self.method.label.replace("+", "-").replace("/", "-")
+        grid = "".join(f"--{_id_part(k.split('.')[-1])}{_id_part(v)}" for k, v in sorted(self.grid.items()))
+        label = _id_part(self.method.label.replace("+", "-"))
         return f"{self.experiment}--{label}--{self.task.name}{grid}--s{self.seed}--{self.config_hash()}"
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
         return build(cls, data, "run")
+
+
+def _id_part(value: Any) -> str:
+    """A value as part of a run id (a directory name): path separators become '-', control chars go."""
+    text = str(value).replace("/", "-").replace("\\", "-")
+    return "".join(c for c in text if ord(c) >= 32 and ord(c) != 127)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,25 +376,47 @@ def _parse_method(entry: Any, i: int) -> MethodConfig:
             raise ConfigError(f"{where}.{name}: expected a mapping of method arguments, got {args!r}")
         return MethodConfig(label=str(name), method=str(name), args=dict(args or {}))
     if isinstance(entry, dict) and "method" in entry:
+        if not isinstance(entry["method"], str) or not entry["method"].strip():
+            raise ConfigError(f"{where}.method: expected a method name, got {entry['method']!r}")
+        label = entry.get("label", entry["method"])
+        if not isinstance(label, (str, int, float)) or isinstance(label, bool):
+            raise ConfigError(f"{where}.label: expected a name, got {label!r}")
+        extra = entry.get("args") or {}
+        if not isinstance(extra, dict):
+            raise ConfigError(f"{where}.args: expected a mapping of method arguments, got {extra!r}")
         args = {k: v for k, v in entry.items() if k not in ("label", "method", "args")}
-        args.update(entry.get("args") or {})
-        return MethodConfig(label=str(entry.get("label", entry["method"])), method=str(entry["method"]), args=args)
+        args.update(extra)
+        return MethodConfig(label=str(label), method=entry["method"], args=args)
     raise ConfigError(f"{where}: expected a method name or a mapping, got {entry!r}")
 
 
 def _parse_task(entry: Any, i: int) -> TaskConfig:
     if isinstance(entry, str):
+        if not entry.strip():
+            raise ConfigError(f"tasks[{i}]: empty task name")
         return TaskConfig(name=entry)
     if isinstance(entry, dict) and len(entry) == 1 and "name" not in entry:
         (name, body), = entry.items()
+        if body is not None and not isinstance(body, dict):
+            raise ConfigError(f"tasks[{i}].{name}: expected a mapping of task fields, got {body!r}")
         return build(TaskConfig, {"name": name, **(body or {})}, f"tasks[{i}]")
+    if not isinstance(entry, dict):
+        raise ConfigError(f"tasks[{i}]: expected a task name or a mapping, got {entry!r}")
     return build(TaskConfig, entry, f"tasks[{i}]")
 
 
 def _parse_decoding(entry: Any, i: int) -> DecodingConfig:
     if isinstance(entry, str):
         return parse_decoding_spec(entry)
+    if not isinstance(entry, dict):
+        raise ConfigError(f"eval.decoding[{i}]: expected a strategy such as greedy or top_p=0.9, or a mapping, "
+                          f"got {entry!r}")
     return build(DecodingConfig, entry, f"eval.decoding[{i}]")
+
+
+_DECODING_KEYS = ["greedy", "beam", "sample", "top_k", "top_p", "temperature", "n", "num_return_sequences",
+                  "max_new_tokens", "seed"]
+_DECODING_PARTS = "greedy, beam=N, sample, top_k=K, top_p=P, temperature=T, n=N, max_new_tokens=N, seed=S"
 
 
 def parse_decoding_spec(spec: str) -> DecodingConfig:
@@ -315,29 +424,38 @@ def parse_decoding_spec(spec: str) -> DecodingConfig:
 
     Several knobs can be joined with `:` (`top_k=50:temperature=0.7:n=5`).
     """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"decoding {spec!r}: empty strategy; valid: {_DECODING_PARTS}")
     kwargs: dict[str, Any] = {"name": spec}
     for part in spec.split(":"):
-        key, _, value = part.partition("=")
-        key = key.strip()
-        if key == "greedy":
-            kwargs["strategy"] = "greedy"
-        elif key == "beam":
-            kwargs.update(strategy="beam", num_beams=int(value or 4))
-        elif key == "sample":
-            kwargs["strategy"] = "sample"
+        key, eq, text = (x.strip() for x in part.partition("="))
+        where = f"decoding {spec!r}: {key}"
+        if key in ("greedy", "sample"):
+            if eq:
+                raise ConfigError(f"{where} takes no value, got {part.strip()!r}")
+            kwargs["strategy"] = key
+            continue
+        if key not in _DECODING_KEYS:
+            close = difflib.get_close_matches(key, _DECODING_KEYS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"decoding {spec!r}: unknown part {key!r}{hint}; valid: {_DECODING_PARTS}")
+        if key == "beam" and not text:
+            text = "4"
+        if not text:
+            raise ConfigError(f"{where} needs a value, e.g. {key}={'0.9' if key in ('top_p', 'temperature') else '4'}")
+        value = _coerce(text, float if key in ("top_p", "temperature") else int, where)
+        if key == "beam":
+            kwargs.update(strategy="beam", num_beams=value)
         elif key in ("top_k", "top_p", "temperature"):
-            kwargs["strategy"] = "sample"
-            kwargs[key] = int(value) if key == "top_k" else float(value)
+            kwargs.update(strategy="sample", **{key: value})
         elif key in ("n", "num_return_sequences"):
-            kwargs["num_return_sequences"] = int(value)
-        elif key in ("max_new_tokens", "seed"):
-            kwargs[key] = int(value)
+            kwargs["num_return_sequences"] = value
         else:
-            raise ConfigError(
-                f"decoding {spec!r}: unknown part {key!r}; valid: greedy, beam=N, sample, top_k=K, "
-                "top_p=P, temperature=T, n=N, max_new_tokens=N, seed=S"
-            )
-    return build(DecodingConfig, kwargs, f"decoding {spec!r}")
+            kwargs[key] = value
+    try:
+        return build(DecodingConfig, kwargs, f"decoding {spec!r}")
+    except ConfigError as exc:
+        raise ConfigError(f"decoding {spec!r}: {exc}") from None
 
 
 EXPERIMENT_KEYS = ("name", "model", "task", "tasks", "methods", "train", "eval", "seeds", "grid",
@@ -353,22 +471,37 @@ def parse_experiment(raw: dict, source: str = "experiment") -> ExperimentConfig:
             raise ConfigError(f"{source}: unknown key {key!r}{_suggest(str(key), list(EXPERIMENT_KEYS))}")
     if "task" in raw and "tasks" in raw:
         raise ConfigError(f"{source}: give either 'task' or 'tasks', not both")
-    tasks_raw = raw.get("tasks", raw.get("task", "lm"))
-    tasks_raw = tasks_raw if isinstance(tasks_raw, list) else [tasks_raw]
-    methods_raw = raw.get("methods", ["lora"])
-    methods_raw = methods_raw if isinstance(methods_raw, list) else [methods_raw]
+    task_key = "tasks" if "tasks" in raw else "task"
+    tasks_raw = _as_list(raw.get(task_key, "lm"), task_key, "lm")
+    methods_raw = _as_list(raw.get("methods", ["lora"]), "methods", "lora")
     model_raw = raw.get("model", {})
-    model_raw = {"name": model_raw} if isinstance(model_raw, str) else model_raw
-    eval_raw = dict(raw.get("eval") or {})
-    decoding = [_parse_decoding(d, i) for i, d in enumerate(eval_raw.pop("decoding", ["greedy"]) or ["greedy"])]
+    if model_raw is None:
+        raise ConfigError("model: must not be empty; give an offline alias, a hub id (owner/name) or a local directory")
+    model_raw = {"name": model_raw} if isinstance(model_raw, (str, int, float)) and not isinstance(model_raw, bool) \
+        else model_raw
+    if model_raw is not None and not isinstance(model_raw, dict):
+        raise ConfigError(f"model: expected a model name or a mapping with 'name', got {model_raw!r}")
+    eval_raw = raw.get("eval") or {}
+    if not isinstance(eval_raw, dict):
+        raise ConfigError(f"eval: expected a mapping, got {eval_raw!r}")
+    eval_raw = dict(eval_raw)
+    decoding_raw = eval_raw.pop("decoding", ["greedy"])
+    decoding_raw = ["greedy"] if decoding_raw is None else _as_list(decoding_raw, "eval.decoding", "greedy")
+    decoding = [_parse_decoding(d, i) for i, d in enumerate(decoding_raw)]
     methods = [_parse_method(m, i) for i, m in enumerate(methods_raw)]
     labels = [m.label for m in methods]
     dupes = {x for x in labels if labels.count(x) > 1}
     if dupes:
         raise ConfigError(f"{source}.methods: duplicate labels {sorted(dupes)}; give each entry a distinct 'label'")
-    seeds = raw.get("seeds", [0])
+    seeds = _comma_list(raw.get("seeds", [0]))
+    if seeds is None:
+        raise ConfigError("seeds: must not be empty; give at least one seed, e.g. seeds: [0]")
+    name = raw.get("name")
+    output_dir = raw.get("output_dir", "runs")
+    if isinstance(output_dir, bool) or not isinstance(output_dir, (str, int, float)):
+        raise ConfigError(f"output_dir: expected a directory path (a string), got {output_dir!r}")
     return ExperimentConfig(
-        name=str(raw.get("name") or source),
+        name=check_name(source if name is None or name == "" else name, "name"),
         model=build(ModelConfig, model_raw, "model"),
         tasks=[_parse_task(t, i) for i, t in enumerate(tasks_raw)],
         methods=methods,
@@ -376,10 +509,25 @@ def parse_experiment(raw: dict, source: str = "experiment") -> ExperimentConfig:
         eval=dataclasses.replace(build(EvalConfig, eval_raw, "eval"), decoding=decoding),
         seeds=_coerce(seeds, list[int], "seeds"),
         grid=_coerce(raw.get("grid") or {}, dict, "grid"),
-        output_dir=str(raw.get("output_dir", "runs")),
+        output_dir=str(output_dir),
         executor=_coerce(raw.get("executor") or {}, dict, "executor"),
-        trackers=_coerce(raw.get("trackers") or [], list[str], "trackers"),
+        trackers=_coerce(_comma_list(raw.get("trackers")) or [], list[str], "trackers"),
     )
+
+
+def _as_list(value: Any, where: str, example: str) -> list:
+    """A list field that also takes one bare entry or `a,b` (as `--set` does); empty is an error, not a default."""
+    value = _comma_list(value)
+    if value is None or value == [] or value == "":
+        raise ConfigError(f"{where}: the list is empty; give at least one (e.g. {where}: [{example}])")
+    return value if isinstance(value, list) else [value]
+
+
+def _comma_list(value: Any) -> Any:
+    """`"0,1"` → `[0, 1]`, `"lora,prompt"` → `["lora", "prompt"]`: lists read the same in files and `--set`."""
+    if isinstance(value, str) and "," in value:
+        return [_override_value(part.strip()) for part in value.split(",") if part.strip()]
+    return value
 
 
 def deep_merge(base: dict, update: dict) -> dict:
@@ -398,19 +546,45 @@ def load_raw(path: str | Path, preset: str | None = None) -> dict:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such experiment file")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not an experiment file (give a .yaml file, e.g. configs/demo.yaml)")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file (is it binary?); an experiment file is YAML text") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the experiment file ({exc.strerror or exc})") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML{_yaml_problem(exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the file is empty; an experiment names at least its methods and task "
+                          "(see configs/demo.yaml)")
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+        raise ConfigError(f"{path}: expected a mapping at the top level (keys such as name, model, task, methods), "
+                          f"got a {type(raw).__name__}")
     raw.setdefault("name", path.stem)
     presets = raw.pop("presets", {}) or {}
+    if not isinstance(presets, dict):
+        raise ConfigError(f"{path}: presets: expected a mapping of preset names to settings, got {presets!r}")
     if preset:
         if preset not in presets:
             raise ConfigError(f"{path}: unknown preset {preset!r}; valid: {', '.join(presets) or '(none defined)'}")
-        raw = deep_merge(raw, presets[preset])
+        if not isinstance(presets[preset] or {}, dict):
+            raise ConfigError(f"{path}: presets.{preset}: expected a mapping of settings, got {presets[preset]!r}")
+        raw = deep_merge(raw, presets[preset] or {})
     return raw
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line from a YAML error: where (line, column) and what."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc)
+    return f"{where}: {' '.join(str(problem).split())}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,7 +592,7 @@ def load_raw(path: str | Path, preset: str | None = None) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 def _method_entries(raw: dict) -> list[MethodConfig]:
-    methods = raw.get("methods", ["lora"])
+    methods = _comma_list(raw.get("methods", ["lora"]))
     return [_parse_method(m, i) for i, m in enumerate(methods if isinstance(methods, list) else [methods])]
 
 
@@ -426,13 +600,14 @@ def _as_raw_method(m: MethodConfig) -> dict:
     return {"label": m.label, "method": m.method, **m.args}
 
 
-def apply_override(raw: dict, key: str, value: Any) -> dict:
+def apply_override(raw: dict, key: str, value: Any, known_labels: list[str] | tuple[str, ...] = ()) -> dict:
     """Apply one dotted override to a raw experiment mapping and return the new mapping.
 
     `method=NAME[,NAME]` keeps only those entries (adding registered methods not in the file);
     `method.ARG=V` sets an argument of every kept method; `LABEL.ARG=V` of one method;
     `task=NAME` replaces the tasks; `task.FIELD=V` sets a field of every task; other keys are
-    dotted paths into the mapping (`train.lr`, `model.dtype`, `seeds`).
+    dotted paths into the mapping (`train.lr`, `model.dtype`, `seeds`). `known_labels`: labels seen
+    earlier (in the file or an earlier `method=`), to say so when one of them is no longer kept.
     """
     raw = copy.deepcopy(raw)
     head, _, rest = key.partition(".")
@@ -440,6 +615,11 @@ def apply_override(raw: dict, key: str, value: Any) -> dict:
     labels = [m.label for m in methods]
     if head in ("method", "methods") and not rest:
         wanted = value if isinstance(value, list) else [v.strip() for v in str(value).split(",") if v.strip()]
+        if value is None or not wanted:
+            raise ConfigError(f"--set {key}=: name at least one method to keep (e.g. {key}=lora,prompt); "
+                              f"methods in the experiment: {', '.join(labels)}")
+        if not all(isinstance(w, str) and w.strip() for w in wanted):
+            raise ConfigError(f"--set {key}: expected method names, got {value!r}")
         by_label = {m.label: m for m in methods}
         raw["methods"] = [_as_raw_method(by_label.get(w, MethodConfig(label=w, method=w))) for w in wanted]
         return raw
@@ -456,7 +636,10 @@ def apply_override(raw: dict, key: str, value: Any) -> dict:
         tasks = raw.pop("tasks", raw.pop("task", "lm"))
         tasks = tasks if isinstance(tasks, list) else [tasks]
         if not rest:
-            raw["tasks"] = value if isinstance(value, list) else [t.strip() for t in str(value).split(",")]
+            wanted = value if isinstance(value, list) else [t.strip() for t in str(value).split(",") if t.strip()]
+            if value is None or not wanted:
+                raise ConfigError(f"--set {key}=: name at least one task (e.g. {key}=lm)")
+            raw["tasks"] = wanted
             return raw
         parsed = [_parse_task(t, i) for i, t in enumerate(tasks)]
         field_name, _, sub = rest.partition(".")
@@ -481,6 +664,22 @@ def apply_override(raw: dict, key: str, value: Any) -> dict:
     if head == "model":
         model = raw.get("model", {})
         raw["model"] = {"name": model} if isinstance(model, str) else dict(model or {})
+    if head == "grid" and rest:  # grid keys are dotted themselves: `grid.lora.r=[4, 8]`
+        grid = raw.get("grid") or {}
+        raw["grid"] = {**(grid if isinstance(grid, dict) else {}), rest: value}
+        return raw
+    if head not in EXPERIMENT_KEYS:
+        valid = sorted(set(EXPERIMENT_KEYS) - {"presets", "description"}) + ["method"] + labels
+        if head in labels:
+            raise ConfigError(f"--set {key}: to set an argument of method {head!r} use {head}.ARG=VALUE "
+                              f"(e.g. {head}.r=16)")
+        if rest and head in known_labels:
+            raise ConfigError(f"--set {key}: method {head!r} is not among the kept methods ({', '.join(labels)}); "
+                              f"keep it with --set method={','.join([*labels, head])}")
+        if rest:
+            raise ConfigError(f"--set {key}: {head!r} is neither a top-level key nor a kept method's label"
+                              f"{_suggest(head, valid)}")
+        raise ConfigError(f"--set {key}: unknown key {head!r}{_suggest(head, valid)}")
     node = raw
     parts = key.split(".")
     for part in parts[:-1]:
@@ -491,19 +690,37 @@ def apply_override(raw: dict, key: str, value: Any) -> dict:
     return raw
 
 
+# Keys whose value is a list: `--set seeds=0,1` reads like `--set method=lora,prompt` (and `[0, 1]`).
+LIST_KEYS = ("seeds", "trackers", "method", "methods", "task", "tasks", "eval.decoding")
+
+
+def _override_value(text: str) -> Any:
+    """One `--set` value read as YAML (`1e-4` as a number, as users mean it)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    if isinstance(value, str) and _looks_numeric(value):
+        value = float(value)
+    return value
+
+
 def apply_overrides(raw: dict, sets: list[str]) -> dict:
-    """Apply `KEY=VALUE` strings in order; values are read as YAML (`1e-4`, `[0, 1]`, `true`)."""
+    """Apply `KEY=VALUE` strings in order; values are read as YAML (`1e-4`, `[0, 1]`, `true`).
+
+    For list keys (seeds, trackers, methods, tasks, eval.decoding, grid axes) `a,b` means `[a, b]`.
+    """
+    known: list[str] = [m.label for m in _method_entries(raw)] if sets else []
     for item in sets:
         key, eq, text = item.partition("=")
-        if not eq or not key.strip():
+        key = key.strip()
+        if not eq or not key or any(not part for part in key.split(".")):
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=1e-4")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            value = text
-        if isinstance(value, str) and _looks_numeric(value):
-            value = float(value)
-        raw = apply_override(raw, key.strip(), value)
+        value = _override_value(text)
+        if isinstance(value, str) and "," in value and (key in LIST_KEYS or key.startswith("grid.")):
+            value = [_override_value(part) for part in value.split(",") if part.strip()]
+        raw = apply_override(raw, key, value, known)
+        known += [m.label for m in _method_entries(raw) if m.label not in known]
     return raw
 
 
@@ -518,5 +735,9 @@ def _looks_numeric(text: str) -> bool:
 
 def load_experiment(path: str | Path, preset: str | None = None, sets: list[str] | None = None) -> ExperimentConfig:
     """Read, apply preset and overrides, validate: the one way the CLI gets an experiment."""
-    raw = apply_overrides(load_raw(path, preset), sets or [])
-    return parse_experiment(raw, Path(path).stem)
+    raw = load_raw(path, preset)
+    try:
+        raw = apply_overrides(raw, sets or [])
+        return parse_experiment(raw, Path(path).stem)
+    except (TypeError, AttributeError, KeyError) as exc:  # a shape no check above foresaw: still one sentence
+        raise ConfigError(f"{path}: malformed experiment ({type(exc).__name__}: {exc})") from None

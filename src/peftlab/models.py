@@ -152,6 +152,97 @@ def resolve_path(name: str) -> tuple[str, str]:
     )
 
 
+def check_model_name(name: str, revision: str | None = None, gguf_file: str | None = None) -> str:
+    """Refuse a name that cannot resolve, without loading or downloading anything; return its kind.
+
+    An offline alias is fine (cached or not: `peftlab data prepare` or the first run fetches it); a
+    local directory must hold a model; a hub id must be well formed and, while HF_HUB_OFFLINE=1,
+    already in the local Hugging Face cache. A bare name that is none of these is an unknown alias.
+    """
+    import difflib
+
+    if name in ALIASES:
+        return "alias"
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelResolutionError(f"model {name!r} is a file, not a model directory (a directory holding "
+                                       "config.json, or an offline alias or hub id)")
+        if not (path / "config.json").exists() and not list(path.glob("*.gguf")):
+            raise ModelResolutionError(f"model {name!r} exists but holds no config.json or .gguf file, so it is "
+                                       "not a model directory")
+        return "local"
+    aliases = ", ".join(ALIASES)
+    if "/" not in name:  # a bare name: an alias (perhaps mistyped), or a hub id such as gpt2 when online
+        close = difflib.get_close_matches(name, list(ALIASES), n=1)
+        if close or (offline_hub() and not _in_hub_cache(name, revision, gguf_file)):
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ModelResolutionError(f"unknown model {name!r}{hint}: not an offline alias ({aliases}), a local "
+                                       "directory, or a hub model in the local Hugging Face cache")
+    if not _valid_repo_id(name):
+        raise ModelResolutionError(f"model {name!r} is neither an offline alias ({aliases}), an existing local "
+                                   "directory, nor a valid hub id (owner/name)")
+    if offline_hub() and not _in_hub_cache(name, revision, gguf_file):
+        raise ModelResolutionError(f"model {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 "
+                                   f"forbids downloading it; use an offline alias ({aliases}) or a local directory")
+    return "hub"
+
+
+def _valid_repo_id(name: str) -> bool:
+    try:
+        from huggingface_hub.utils import validate_repo_id
+
+        validate_repo_id(name)
+    except ImportError:
+        return True
+    except Exception:  # HFValidationError
+        return False
+    return True
+
+
+def _in_hub_cache(name: str, revision: str | None, gguf_file: str | None) -> bool:
+    """Whether the hub model's config (or GGUF file) is in the local HF cache; never touches the network."""
+    return _hub_cache_file(name, revision, gguf_file or "config.json") is not None
+
+
+def _hub_cache_file(name: str, revision: str | None, filename: str) -> str | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(name, filename, revision=revision)
+    except Exception:  # an id the cache cannot hold
+        return None
+    return found if isinstance(found, str) else None
+
+
+def model_dims(name: str, revision: str | None = None) -> dict | None:
+    """`hidden_size` (and friends) from a model's config.json where it can be read locally, else None.
+
+    Reads one small JSON file (local directory, cached alias or the HF cache); loads nothing.
+    """
+    path = Path(name).expanduser()
+    candidates = []
+    if name in ALIASES:
+        if is_cached(name):
+            candidates.append(alias_dir(name) / "config.json")
+    elif path.is_dir():
+        candidates.append(path / "config.json")
+    elif _valid_repo_id(name):
+        found = _hub_cache_file(name, revision, "config.json")
+        if found:
+            candidates.append(Path(found))
+    for candidate in candidates:
+        try:
+            config = json.loads(candidate.read_text())
+        except (OSError, ValueError):
+            continue
+        config = config.get("text_config") or config if isinstance(config, dict) else {}
+        hidden = config.get("hidden_size") or config.get("n_embd") or config.get("d_model")
+        if isinstance(hidden, int) and hidden > 0:
+            return {"hidden_size": hidden}
+    return None
+
+
 def offline_hub() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 

@@ -6,13 +6,26 @@ architecture's query/value projections when the method needs them and the user n
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import functools
 import inspect
+import math
+import types
+import typing
+import warnings
+from typing import Any
 
 import torch.nn as nn
 
-from peftlab.methods.registry import ApplyContext, Method
+from peftlab.methods.registry import MAX_RANK, ApplyContext, Method, integer, number
 from peftlab.methods.targets import resolve_targets
+
+# Fields of every peft config that peftlab sets itself (or that describe a saved adapter, not a choice).
+_INTERNAL_FIELDS = {"task_type", "peft_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision",
+                    "inference_mode"}
+_PROMPT_TYPES = ("PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING", "ADAPTION_PROMPT", "CPT")
+_RANK_FIELDS = ("r", "init_r", "target_r")
 
 
 @functools.lru_cache(maxsize=1)
@@ -27,6 +40,99 @@ def _config_class(peft_type: str):
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
     return PEFT_TYPE_TO_CONFIG_MAPPING[PeftType(peft_type)]
+
+
+@functools.lru_cache(maxsize=None)
+def config_fields(peft_type: str) -> dict[str, Any]:
+    """The user-settable fields of a PEFT type's config class, with their (resolved) type hints."""
+    cls = _config_class(peft_type)
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # an annotation this Python cannot resolve: check names only
+        hints = {}
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init and f.name not in _INTERNAL_FIELDS}
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a YAML value fits a simple type hint (unknown kinds of hints are accepted)."""
+    origin = typing.get_origin(hint)
+    if hint is Any or hint is object:
+        return True
+    if hint is type(None):
+        return value is None
+    if origin is typing.Union or origin is types.UnionType:
+        return any(_matches(value, a) for a in typing.get_args(hint))
+    if origin is typing.Literal:
+        options = typing.get_args(hint)
+        patterned = any(isinstance(o, str) and "[" in o for o in options)  # e.g. 'pissa_niter_[number of iters]'
+        return value in options or (patterned and isinstance(value, str))
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple) or hint in (list, tuple):
+        inner = typing.get_args(hint)
+        return isinstance(value, (list, tuple)) and (not inner or all(_matches(v, inner[0]) for v in value))
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _hint_text(hint: Any) -> str:
+    text = getattr(hint, "__name__", None) if typing.get_origin(hint) is None else None
+    return text or str(hint).replace("typing.", "")
+
+
+def check_args(name: str, peft_type: str, args: dict) -> dict:
+    """Check arguments of a generic PEFT method against its config class, without a model.
+
+    Names must be fields of the config dataclass (peft.VeraConfig, peft.LoHaConfig, …), values must
+    fit the field's type, ranks must be sane, and the config must construct (its own checks run).
+    """
+    fields = config_fields(peft_type)
+    unknown = sorted(set(map(str, args)) - set(fields))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(fields), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"method {name!r}: unknown argument(s) {unknown}{hint}; valid: {', '.join(sorted(fields))}")
+    out = dict(args)
+    for key, value in args.items():
+        where = f"method {name!r}: {key}"
+        hint = fields[key]
+        if isinstance(value, float) and value.is_integer() and _matches(int(value), hint) and not _matches(value, hint):
+            value = out[key] = int(value)  # `--set vera.r=1e3` reads 1e3 as a float
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{where} must be a finite number, got {value!r}")
+        if not _matches(value, hint):
+            raise ValueError(f"{where} expects {_hint_text(hint)}, got {value!r}")
+        if key in _RANK_FIELDS:
+            lowest = 0 if peft_type in ("OFT", "BOFT") else 1  # OFT: r=0 when oft_block_size is given
+            out[key] = integer(lowest, MAX_RANK)(value, where)
+        elif key.endswith("dropout") and value is not None:
+            number(0, 1, hi_open=True)(value, where)
+    _construct(name, peft_type, out)
+    return out
+
+
+def _construct(name: str, peft_type: str, args: dict) -> None:
+    """Build the peft config once (no model needed) so its own checks run before any model loads."""
+    cls = _config_class(peft_type)
+    trial = dict(args)
+    if "target_modules" in config_fields(peft_type) and peft_type not in _PROMPT_TYPES \
+            and not isinstance(trial.get("target_modules"), (list, tuple)):
+        trial["target_modules"] = ["q_proj", "v_proj"]  # shortcuts resolve per model; any names do here
+    if peft_type == "ADALORA":
+        trial.setdefault("total_step", 1000)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cls(task_type="CAUSAL_LM", **trial)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"method {name!r}: {' '.join(str(exc).split())}") from None
 
 
 def generic_method(name: str) -> Method:
@@ -51,5 +157,6 @@ def generic_method(name: str) -> Method:
 
     return Method(
         name=name.lower(), family="peft", description=f"peft {peft_type} with the given keyword arguments",
-        apply=apply, peft_type=peft_type, mergeable=peft_type in ("LOHA", "LOKR", "VERA", "OFT", "BOFT", "ADALORA", "HRA"),
+        apply=apply, peft_type=peft_type, validate=lambda args: check_args(name.lower(), peft_type, args),
+        mergeable=peft_type in ("LOHA", "LOKR", "VERA", "OFT", "BOFT", "ADALORA", "HRA"),
     )

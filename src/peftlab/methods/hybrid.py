@@ -15,8 +15,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from peftlab.methods.lora import LORA_DEFAULTS, lora_config
-from peftlab.methods.registry import ApplyContext, Method, register
+from peftlab.methods.lora import LORA_CHECKS, LORA_DEFAULTS, lora_config
+from peftlab.methods.registry import MAX_VIRTUAL_TOKENS, ApplyContext, Method, choice, integer, register
 
 SOFT_PROMPT_FILE = "soft_prompt.safetensors"
 
@@ -124,4 +124,5 @@ register(Method(
     description="LoRA on the weights plus trainable soft-prompt tokens, trained together (peftlab's composition)",
     defaults={**LORA_DEFAULTS, "num_virtual_tokens": 8, "prompt_init": "vocab"},
     apply=_apply_hybrid, mergeable=True,
+    checks={**LORA_CHECKS, "num_virtual_tokens": integer(1, MAX_VIRTUAL_TOKENS), "prompt_init": choice("vocab", "random")},
 ))

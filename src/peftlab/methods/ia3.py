@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from peftlab.methods.registry import ApplyContext, Method, register
+from peftlab.methods.registry import ApplyContext, Method, module_names, optional, register
 from peftlab.methods.targets import ia3_targets
 
 
@@ -24,4 +24,6 @@ register(Method(
     name="ia3", family="ia3", description="Learned per-channel scaling of keys, values and MLP activations",
     defaults={"target_modules": "auto", "feedforward_modules": "auto", "modules_to_save": None},
     apply=_apply_ia3, mergeable=True,
+    checks={"target_modules": module_names(shortcuts=("auto",)), "feedforward_modules": module_names(shortcuts=("auto",)),
+            "modules_to_save": optional(module_names())},
 ))

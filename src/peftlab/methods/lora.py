@@ -4,11 +4,31 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from peftlab.methods.registry import ApplyContext, Method, register
-from peftlab.methods.targets import resolve_targets
+from peftlab.methods.registry import (
+    MAX_RANK,
+    ApplyContext,
+    Method,
+    boolean,
+    choice,
+    integer,
+    module_names,
+    number,
+    optional,
+    register,
+)
+from peftlab.methods.targets import TARGET_SHORTCUTS, resolve_targets
 
 LORA_DEFAULTS = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "target_modules": "auto", "bias": "none",
                  "modules_to_save": None}
+LORA_CHECKS = {
+    "r": integer(1, MAX_RANK),
+    "lora_alpha": number(0, lo_open=True),
+    "lora_dropout": number(0, 1, hi_open=True),
+    "target_modules": module_names(shortcuts=TARGET_SHORTCUTS),
+    "bias": choice("none", "all", "lora_only"),
+    "modules_to_save": optional(module_names()),
+    "gradient_checkpointing": boolean(),
+}
 
 
 def lora_config(model: nn.Module, args: dict, **extra: object):
@@ -44,14 +64,14 @@ def _apply_qlora(model: nn.Module, args: dict, ctx: ApplyContext) -> nn.Module:
 
 register(Method(
     name="lora", family="lora", description="Low-rank update B·A on the targeted weights (Hu et al. 2021)",
-    defaults=dict(LORA_DEFAULTS), apply=_apply_lora, mergeable=True,
+    defaults=dict(LORA_DEFAULTS), apply=_apply_lora, mergeable=True, checks=LORA_CHECKS,
 ))
 register(Method(
     name="dora", family="lora", description="Weight-decomposed LoRA: trains magnitude and low-rank direction (Liu et al. 2024)",
-    defaults=dict(LORA_DEFAULTS), apply=_apply_dora, mergeable=True,
+    defaults=dict(LORA_DEFAULTS), apply=_apply_dora, mergeable=True, checks=LORA_CHECKS,
 ))
 register(Method(
     name="qlora", family="lora", description="LoRA on a 4-bit NF4 base through bitsandbytes (Dettmers et al. 2023)",
     defaults={**LORA_DEFAULTS, "gradient_checkpointing": False}, apply=_apply_qlora,
-    quantize_base=True, mergeable=True,
+    quantize_base=True, mergeable=True, checks=LORA_CHECKS,
 ))

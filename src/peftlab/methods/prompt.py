@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from peftlab.methods.registry import ApplyContext, Method, register
+from peftlab.methods.registry import MAX_VIRTUAL_TOKENS, ApplyContext, Method, boolean, choice, integer, optional, register
 
 
 def _apply_prompt(model: nn.Module, args: dict, ctx: ApplyContext) -> nn.Module:
@@ -27,13 +27,29 @@ def _apply_prefix(model: nn.Module, args: dict, ctx: ApplyContext) -> nn.Module:
     return get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM", **args))
 
 
+def _check_text_init(args: dict) -> dict:
+    """Text initialisation needs its text; without it peft fails only after the model has loaded."""
+    text = args.get("prompt_tuning_init_text")
+    if text is not None and not isinstance(text, str):
+        raise ValueError(f"method 'prompt': prompt_tuning_init_text must be a string, got {text!r}")
+    if args.get("prompt_tuning_init") == "TEXT" and not (text or "").strip():
+        raise ValueError("method 'prompt': prompt_tuning_init TEXT needs prompt_tuning_init_text (the words whose "
+                         "embeddings start the prompt)")
+    return args
+
+
 register(Method(
     name="prompt", family="prompt", description="Trainable soft-prompt embeddings prepended to the input",
     defaults={"num_virtual_tokens": 8, "prompt_tuning_init": "RANDOM", "prompt_tuning_init_text": None},
     apply=_apply_prompt,
+    checks={"num_virtual_tokens": integer(1, MAX_VIRTUAL_TOKENS),
+            "prompt_tuning_init": choice("RANDOM", "TEXT", "SAMPLE_VOCAB", upper=True)},
+    validate=_check_text_init,
 ))
 register(Method(
     name="prefix", family="prompt", description="Trainable key/value prefixes in every attention layer",
     defaults={"num_virtual_tokens": 10, "prefix_projection": False, "encoder_hidden_size": None},
     apply=_apply_prefix,
+    checks={"num_virtual_tokens": integer(1, MAX_VIRTUAL_TOKENS), "prefix_projection": boolean(),
+            "encoder_hidden_size": optional(integer(1, 1 << 20))},
 ))

@@ -27,6 +27,7 @@ MLP = {
     "gpt2": ["c_fc", "mlp.c_proj"],
     "gpt_neox": ["dense_h_to_4h", "dense_4h_to_h"],
 }
+TARGET_SHORTCUTS = ("auto", "qv", "attention", "attention+mlp", "all-linear")
 LLAMA_LIKE_QV = ["q_proj", "v_proj"]
 LLAMA_LIKE_ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
 LLAMA_LIKE_MLP = ["gate_proj", "up_proj", "down_proj"]
