@@ -170,3 +170,67 @@ def test_same_seed_same_losses(tiny_llama_dir, tmp_path, fake_records) -> None:
         curves.append(execute_run(rc, store)["curves"]["train_loss"])
     assert curves[0] == curves[1]
     torch.use_deterministic_algorithms(False)
+
+
+def test_absurd_evaluation_checks() -> None:
+    from peftlab.runner import check_evaluation
+
+    assert check_evaluation({"perplexity": 21.3, "word_perplexity": 9e6, "bits_per_byte": 1.2}, [], 320) is None
+    assert check_evaluation({"perplexity": 320.0}, [], 320) is None  # a uniform guess is bad, not absurd
+    assert check_evaluation({"perplexity": 1.1e10}, [], 49152) == (
+        "evaluation diverged: metric perplexity is 1.1e+10, above the vocabulary size (49152) that a uniform "
+        "guess scores")
+    assert "metric loss is nan" in check_evaluation({"loss": float("nan"), "perplexity": 3.0}, [], 320)
+    assert "metric accuracy is inf" in check_evaluation({"accuracy": float("inf")}, [], None)
+    assert "metric rouge_l (evaluation greedy) is nan" in check_evaluation(
+        {"rouge_l": 0.3}, [{"name": "greedy", "metrics": {"rouge_l": float("nan")}}], 320)
+    assert check_evaluation({"perplexity": 1e12, "note": "text", "flag": True}, [], None) is None  # no vocab known
+
+
+def test_vocab_size_comes_from_the_model(tiny_llama_dir) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from peftlab.methods import ApplyContext, get_method
+    from peftlab.runner import vocab_size
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    assert vocab_size(model, tokenizer) == model.config.vocab_size == 320
+    for name in ("lora", "prompt"):
+        method = get_method(name)
+        adapted = method.apply(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), method.resolve_args({}),
+                               ApplyContext(tokenizer=tokenizer, model_path=str(tiny_llama_dir)))
+        assert vocab_size(adapted, tokenizer) == 320, name
+
+
+def test_absurd_perplexity_is_recorded_as_diverged_and_never_averaged(tiny_llama_dir, tmp_path, fake_records,
+                                                                      monkeypatch) -> None:
+    """lr=1e3 on `lm` once gave perplexity 1.1e10 recorded `ok` (and averaged in): now `diverged`."""
+    import peftlab.tasks.lm as lm
+    from peftlab.report.aggregate import aggregate
+
+    real = lm.evaluate
+
+    def blown_up(spec, ctx):
+        out = real(spec, ctx)
+        out["metrics"]["perplexity"] = 1.1e10
+        return out
+
+    monkeypatch.setattr(lm, "evaluate", blown_up)
+    store = Store(tmp_path / "runs")
+    rc = expand(experiment(tiny_llama_dir, store.root, max_steps=2))[0]
+    result = execute_run(rc, store)
+    assert result["status"] == "diverged"
+    assert "metric perplexity is 1.1e+10, above the vocabulary size (320)" in result["error"]
+    assert result["metrics"]["perplexity"] == 1.1e10  # kept, so the value can be seen
+    assert store.status(rc.run_id()) == "diverged" and store.results(status="ok") == []
+
+    ok = [{**result, "run_id": f"ok{seed}", "seed": seed, "status": "ok", "error": None,
+           "metrics": {"perplexity": 20.0 + 2 * seed}} for seed in (1, 2)]
+    running = {**result, "run_id": "live", "seed": 3, "status": "running", "metrics": {"perplexity": 5e9}}
+    agg = aggregate([result, *ok, running])
+    [group] = agg.groups
+    stats = group.metrics["perplexity"]
+    assert stats.n == 2 and stats.mean == pytest.approx(23.0) and max(stats.values) < 100
+    assert group.seeds == [1, 2]
+    assert [(f["run_id"], f["status"]) for f in agg.failures] == [(rc.run_id(), "diverged")]

@@ -1,8 +1,14 @@
 """Execute one run: model → method → data → train → evaluate → store.
 
 This is the only place the stages meet. Whatever happens, the run ends in the store with a
-status: `ok`, `failed` (with the traceback), `diverged` (NaN/inf loss) or `cancelled` (Ctrl-C,
-which is then re-raised so a sweep stops too).
+status: `ok`, `failed` (with the traceback), `diverged` or `cancelled` (Ctrl-C, which is then
+re-raised so a sweep stops too). `diverged` means the training or validation loss became NaN/inf,
+or the evaluation is absurd (`check_evaluation`): a metric that is NaN/inf, or a token perplexity
+above the vocabulary size (worse than a uniform guess over the model's output vocabulary, taken
+from the model at evaluation time); the metrics are kept in the result and the error names the
+metric and its value. When the store itself cannot be written (`StoreError`: full disk,
+read-only file system) the error propagates: nothing can be recorded, so the sweep stops with
+that one sentence and the run reads as interrupted later.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 import os
 import time
 import traceback
@@ -24,13 +31,15 @@ from peftlab.data.batching import make_batches
 from peftlab.measure import count_parameters, peak_flops, provenance, training_flops
 from peftlab.methods import ApplyContext, get_method
 from peftlab.models import default_device, load_model, load_tokenizer, resolve_path, torch_dtype
-from peftlab.store import RunLock, Store, now
+from peftlab.store import RunLock, Store, StoreError, now
 from peftlab.tasks import get_task
 from peftlab.tasks.examples import training_examples
 from peftlab.train import Diverged, train
 
 log = logging.getLogger("peftlab")
 DATA_SEED = 0  # subsamples are the same for every method and seed, so comparisons are paired
+#: Metrics that are token-level perplexities: a uniform guess over V output tokens scores exactly V.
+TOKEN_PERPLEXITY_METRICS = ("perplexity", "token_perplexity")
 
 
 class RunBusy(RuntimeError):
@@ -88,6 +97,8 @@ def execute_run(rc: RunConfig, store: Store, sweep_id: str | None = None,
         result["status"] = "ok"
     except KeyboardInterrupt:
         _finish(store, result, "cancelled", "interrupted by the user (Ctrl-C)")
+        raise
+    except StoreError:  # the store cannot be written: recording a failure would fail the same way
         raise
     except Diverged as exc:
         _finish(store, result, "diverged", str(exc))
@@ -210,6 +221,50 @@ def _execute(rc: RunConfig, store: Store, result: dict, progress: Any, cache: Mo
                   metric_directions={k: spec.metrics.get(k, "higher") for k in evaluation["metrics"]})
     if evaluation.get("samples"):
         _write_samples(store.run_dir(result["run_id"]), evaluation["samples"])
+    problem = check_evaluation(result["metrics"], result["evaluations"], vocab_size(model, tokenizer))
+    if problem:
+        raise Diverged(problem)
+
+
+def vocab_size(model: Any, tokenizer: Any = None) -> int | None:
+    """Size of the model's output vocabulary (rows of its output embedding), else the config's or
+    the tokenizer's; None when none of them says."""
+    try:
+        out = model.get_output_embeddings()
+        rows = getattr(getattr(out, "weight", None), "shape", None)
+        if rows is not None and len(rows) == 2 and int(rows[0]) > 0:
+            return int(rows[0])
+    except (AttributeError, NotImplementedError, TypeError):
+        pass
+    size = getattr(getattr(model, "config", None), "vocab_size", None)
+    if isinstance(size, int) and size > 0:
+        return size
+    if tokenizer is not None:
+        try:
+            return len(tokenizer) or None
+        except TypeError:
+            return None
+    return None
+
+
+def check_evaluation(metrics: dict, evaluations: list | None = None, vocab: int | None = None) -> str | None:
+    """Why an evaluation is absurd (None: it is plausible): a NaN/inf metric, or a token perplexity
+    above `vocab` (a uniform guess over the vocabulary scores exactly `vocab`, so more means the
+    model is worse than guessing, e.g. after lr=1e3)."""
+    sources = [("", metrics or {})]
+    for ev in evaluations or []:
+        if isinstance(ev, dict) and isinstance(ev.get("metrics"), dict):
+            sources.append((f" (evaluation {ev.get('name') or '?'})", ev["metrics"]))
+    for where, values in sources:
+        for name, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if not math.isfinite(value):
+                return f"evaluation diverged: metric {name}{where} is {value}"
+            if vocab and name in TOKEN_PERPLEXITY_METRICS and value > vocab:
+                return (f"evaluation diverged: metric {name}{where} is {value:.4g}, above the vocabulary size "
+                        f"({vocab}) that a uniform guess scores")
+    return None
 
 
 def _train(rc: RunConfig, spec: Any, task_args: dict, method: Any, model: Any, tokenizer: Any,

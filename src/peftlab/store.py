@@ -1,50 +1,133 @@
 """The run store: one directory per run plus a SQLite index of all runs.
 
-`runs/<run-id>/result.json` is the truth; `runs/index.sqlite` is a query index rebuilt from those
-files at any time (`Store.rebuild_index`). Every file is written to a temporary name and moved into
-place with `os.replace`, so a crash leaves either the old file or the new one, never half of one;
-a run that dies leaves `status: running` behind with a pid, which readers report as interrupted.
-A per-run lock file (`flock`) keeps two sweeps sharing a store from running the same run twice.
+`runs/<run-id>/result.json` is the truth; `runs/index.sqlite` is a query index kept in step with
+those files:
+
+* **Atomic files.** Every file is written to a temporary name and moved into place with
+  `os.replace`, so a crash leaves either the old file or the new one, never half of one; a run
+  that dies leaves `status: running` behind with a pid, which readers report as interrupted.
+* **Bad files never block.** A `result.json` that cannot be read or is not a valid result (binary
+  garbage, truncated JSON, not an object, required fields missing, another schema version, a
+  `run_id` that is not its directory's name) is reported in one warning line naming the file
+  (logger `peftlab.store`), left out of `results()`, and reads as "no result" (`status()` is None),
+  so a sweep re-runs it. `result_problem()` says what is wrong with it.
+* **The index follows the files.** Next to each index row the index records the `result.json`
+  it came from (mtime, size, inode). `results()` lists the run directories, stats their
+  `result.json` (cheap: no file is read when nothing changed) and re-reads only those that differ
+  from the index: added, rewritten, truncated or garbled files and removed run directories are
+  noticed, a deleted index is rebuilt, and a corrupt index file is moved aside to
+  `index.sqlite.corrupt` and rebuilt (writers only; readers read the files instead).
+  `rebuild_index()` rebuilds it from scratch. A file rewritten in place with the same size and
+  mtime is not noticed (peftlab itself always replaces files, which changes the inode).
+* **Read-only access.** `Store(root, readonly=True)` (or `Store.open_for_reading(root)`) never
+  writes: no directory, lock or index is created and nothing is repaired on disk; a missing,
+  stale, corrupt or unopenable index (read-only mount, full disk) is made up for by reading the
+  `result.json` files. `ls runs`, `report` and `sweep --dry-run` read this way.
+* **Sharing a store.** A per-run lock file (`flock`) keeps two sweeps sharing a store from running
+  the same run twice. The index is in WAL mode (set once, by whoever creates it, under the
+  store's `.index.lock`), every connection has a busy timeout, and an operation that still finds
+  the database locked is retried with backoff.
+* **Write failures** (full disk, read-only file system, ...) raise `StoreWriteError`, one sentence
+  naming the path (an `OSError` and a `RuntimeError`, so the CLI prints it as one line).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import json
+import logging
 import os
+import random
 import shutil
 import sqlite3
 import tempfile
+import time
+import urllib.parse
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import yaml
 
 SCHEMA_VERSION = 1
 TERMINAL = ("ok", "failed", "diverged", "cancelled")
+STATUSES = (*TERMINAL, "running")
+REQUIRED_FIELDS = ("run_id", "status")
+OBJECT_FIELDS = ("metrics", "metric_directions", "cost", "grid", "train", "curves", "data", "provenance")
 INDEX_COLUMNS = ("run_id", "experiment", "sweep_id", "label", "method", "task", "model", "seed", "status",
                  "primary_metric", "primary_value", "config_hash", "started_at", "finished_at", "result_json")
+BUSY_TIMEOUT_S = 30.0  # sqlite's own wait for a lock, per statement
+LOCKED_RETRY_S = 120.0  # then: retry the whole operation with backoff for this long
+
+log = logging.getLogger("peftlab.store")
+T = TypeVar("T")
+FileKey = tuple[int, int, int]  # (mtime_ns, size, inode) of a result.json
+
+
+class StoreError(RuntimeError):
+    """A run store problem, told in one sentence."""
+
+
+class StoreWriteError(OSError, StoreError):
+    """Writing into the run store failed (full disk, read-only file system, ...); names the path."""
+
+    def __init__(self, path: str | Path, cause: BaseException | str, code: int | None = None):
+        code = getattr(cause, "errno", None) if code is None else code
+        reason = _reason(cause, code)
+        super().__init__(code, reason, str(path))
+        self.path = Path(path)
+        self.message = f"cannot write {path}: {reason}"
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple:  # pickles (Ray sends exceptions between processes)
+        return (type(self), (str(self.path), self.strerror, self.errno))
+
+
+def _reason(cause: BaseException | str, code: int | None = None) -> str:
+    code = getattr(cause, "errno", None) if code is None else code
+    text = str(cause)
+    if code in (errno.ENOSPC, errno.EDQUOT) or "disk is full" in text or "disk full" in text:
+        return "no space left on device (free some space, then run the command again)"
+    if code == errno.EROFS or "readonly database" in text or "read-only" in text:
+        return "the file system is read-only"
+    if code in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror[0].lower() + cause.strerror[1:]
+    return text or type(cause).__name__
 
 
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same directory and `os.replace` (atomic on POSIX)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def atomic_write_text(path: Path, text: str) -> os.stat_result:
+    """Write via a temp file in the same directory and `os.replace` (atomic on POSIX).
+
+    Returns the written file's stat; any OSError becomes a `StoreWriteError` naming `path`.
+    """
+    path = Path(path)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+            st = os.fstat(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        return st
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, StoreWriteError):
+            raise StoreWriteError(path, exc) from exc
         raise
 
 
@@ -57,6 +140,8 @@ def pid_alive(pid: int | None) -> bool:
         return False
     except PermissionError:
         return True
+    except (OverflowError, TypeError, ValueError):
+        return False
     return True
 
 
@@ -68,8 +153,11 @@ class RunLock:
         self._fh: Any = None
 
     def acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a+")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a+")
+        except OSError as exc:
+            raise StoreWriteError(self.path, exc) from exc
         try:
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -84,35 +172,291 @@ class RunLock:
             self._fh.close()
             self._fh = None
 
+    def held_elsewhere(self) -> bool:
+        """Whether another open lock (another process) holds it; writes nothing (a missing file: no)."""
+        try:
+            fh = open(self.path, "rb")
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        finally:
+            fh.close()  # closing drops the probe's lock
+        return False
+
+
+def validate_result(result: Any, run_id: str | None = None) -> str | None:
+    """What makes `result` unusable as a run result (None: it is fine); `run_id`: its directory's name."""
+    if not isinstance(result, dict):
+        kind = {list: "an array", str: "a string", type(None): "null", bool: "a boolean"}.get(type(result), "a number")
+        return f"holds {kind} where a result object belongs"
+    missing = [name for name in REQUIRED_FIELDS if name not in result]
+    if missing:
+        return f"lacks the required field(s) {', '.join(missing)}"
+    version = result.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        return f"has schema_version {version!r}; this peftlab reads schema_version {SCHEMA_VERSION}"
+    if not isinstance(result["run_id"], str) or not result["run_id"]:
+        return f"has run_id {result['run_id']!r}, not a run id"
+    if run_id is not None and result["run_id"] != run_id:
+        return f"says run_id {result['run_id']!r}, which is not its directory's name"
+    if result["status"] not in STATUSES:
+        return f"has status {result['status']!r}, not one of {', '.join(STATUSES)}"
+    for name in OBJECT_FIELDS:
+        if result.get(name) is not None and not isinstance(result[name], dict):
+            return f"has a {type(result[name]).__name__} in {name!r} where an object belongs"
+    if result.get("evaluations") is not None and not isinstance(result["evaluations"], list):
+        return "has evaluations that are not a list"
+    return None
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _warn(path: Path, problem: str) -> None:
+    """One line per bad file and problem per process (a sweep reads a file several times)."""
+    if (str(path), problem) in _WARNED:
+        return
+    _WARNED.add((str(path), problem))
+    log.warning("%s %s; treated as a run without a result (a sweep re-runs it)", path, problem)
+
+
+def _file_key(st: os.stat_result) -> FileKey:
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _is_locked(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
+
+
+def _is_corrupt(exc: sqlite3.Error) -> bool:
+    """Corruption (not a database, malformed image) rather than an operational problem."""
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError)
+
+
+def _columns(result: dict) -> dict:
+    """The index columns of a result, except `result_json`."""
+    metrics = result.get("metrics") or {}
+    primary = result.get("primary_metric")
+    return {
+        "run_id": result["run_id"], "experiment": result.get("experiment"), "sweep_id": result.get("sweep_id"),
+        "label": result.get("label"), "method": result.get("method"), "task": result.get("task"),
+        "model": result.get("model"), "seed": result.get("seed"), "status": result.get("status"),
+        "primary_metric": primary, "primary_value": metrics.get(primary) if primary else None,
+        "config_hash": result.get("config_hash"), "started_at": result.get("started_at"),
+        "finished_at": result.get("finished_at"),
+    }
+
+
+def _row(result: dict) -> dict:
+    return {**_columns(result), "result_json": json.dumps(result, default=_json_default)}
+
+
+class _Snapshot:
+    """What the index holds: per run its file key and problem, and the rows matching a filter."""
+
+    def __init__(self, files: dict[str, tuple[FileKey, str | None]], rows: dict[str, str], run_ids: set[str]):
+        self.files, self.rows, self.run_ids = files, rows, run_ids
+
+    @property
+    def ids(self) -> set[str]:
+        return self.run_ids | set(self.files)
+
 
 class Store:
-    """Run directories and the results index under one root (default `runs/`)."""
+    """Run directories and the results index under one root (default `runs/`).
 
-    def __init__(self, root: str | Path = "runs"):
+    `readonly=True`: never write (the root must exist); see the module docstring.
+    """
+
+    def __init__(self, root: str | Path = "runs", readonly: bool = False):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.readonly = readonly
         self.index_path = self.root / "index.sqlite"
-        with self._db() as db:
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, experiment TEXT, sweep_id TEXT, "
-                "label TEXT, method TEXT, task TEXT, model TEXT, seed INTEGER, status TEXT, primary_metric TEXT, "
-                "primary_value REAL, config_hash TEXT, started_at TEXT, finished_at TEXT, result_json TEXT)"
-            )
-
-    @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.index_path, timeout=60, isolation_level=None)
+        self._lock_depth = 0
+        if readonly:
+            if not self.root.is_dir():
+                raise FileNotFoundError(f"no run store at {self.root} (run `peftlab run` or `peftlab sweep` first)")
+            return
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("BEGIN IMMEDIATE")
-            yield db
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            raise
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreWriteError(self.root, exc) from exc
+        with self._index_lock():
+            self._create_index()
+
+    @classmethod
+    def open_for_reading(cls, root: str | Path = "runs") -> "Store":
+        return cls(root, readonly=True)
+
+    # ------------------------------------------------------------------------------ index plumbing
+    @contextlib.contextmanager
+    def _index_lock(self) -> Iterator[None]:
+        """The store-wide `flock` on `.index.lock` around creating, repairing or rebuilding the index."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        path = self.root / ".index.lock"
+        try:
+            fh = open(path, "a+")
+        except OSError as exc:
+            raise StoreWriteError(path, exc) from exc
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            self._lock_depth = 1
+            yield
         finally:
-            db.close()
+            self._lock_depth = 0
+            fh.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.index_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        return db
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        """A connection that writes nothing. Without a `-wal` file no writer has the index open and
+        it is complete, so it is opened `immutable` (sqlite creates no `-wal`/`-shm` for it); with
+        one, `mode=ro` (sqlite uses the existing `-wal`/`-shm`)."""
+        wal = self.index_path.with_name(self.index_path.name + "-wal").exists()
+        uri = "file:" + urllib.parse.quote(str(self.index_path.resolve())) + ("?mode=ro" if wal else
+                                                                              "?mode=ro&immutable=1")
+        return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+
+    def _retry(self, fn: Callable[[], T]) -> T:
+        """`fn()`, retried with backoff while sqlite says the database is locked or busy."""
+        deadline = time.monotonic() + LOCKED_RETRY_S
+        delay = 0.01
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if not _is_locked(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise StoreError(f"the run index {self.index_path} stayed locked for more than "
+                                     f"{LOCKED_RETRY_S:.0f} s (another process holds it)") from exc
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 1.0)
+
+    def _transaction(self, body: Callable[[sqlite3.Connection], T], repair: bool = True) -> T:
+        """Run `body(db)` in one immediate write transaction (retried while locked)."""
+        if self.readonly:
+            raise StoreError(f"the run store {self.root} was opened read-only")
+        self._ensure_index()
+
+        def attempt() -> T:
+            db = self._connect()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    out = body(db)
+                    db.execute("COMMIT")
+                    return out
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                    raise
+            finally:
+                db.close()
+
+        try:
+            return self._retry(attempt)
+        except sqlite3.DatabaseError as exc:
+            if repair and (_is_corrupt(exc) or "no such table" in str(exc)):
+                self._repair(exc)
+                return self._transaction(body, repair=False)
+            if isinstance(exc, sqlite3.OperationalError):
+                raise StoreWriteError(self.index_path, exc) from exc
+            raise
+
+    def _ensure_index(self) -> None:
+        """Re-create a deleted index (it is then filled from the run directories by `results()`)."""
+        if not self.index_path.exists():
+            with self._index_lock():
+                self._create_index()
+
+    def _create_index(self) -> bool:
+        """Create the index (WAL mode, tables) if needed; a corrupt one is moved aside and rebuilt.
+
+        Call with `.index.lock` held. Returns whether it was rebuilt.
+        """
+        if not self.index_path.exists():  # a stale -wal/-shm must not be replayed onto a new index
+            for suffix in ("-wal", "-shm"):
+                with contextlib.suppress(OSError):
+                    self.index_path.with_name(self.index_path.name + suffix).unlink()
+
+        def setup() -> None:
+            db = self._connect()
+            try:
+                if str(db.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                    db.execute("PRAGMA journal_mode=WAL")  # persistent: only the index's creator sets it
+                db.execute("BEGIN IMMEDIATE")
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, experiment TEXT, sweep_id TEXT, "
+                    "label TEXT, method TEXT, task TEXT, model TEXT, seed INTEGER, status TEXT, "
+                    "primary_metric TEXT, primary_value REAL, config_hash TEXT, started_at TEXT, "
+                    "finished_at TEXT, result_json TEXT)")
+                db.execute("CREATE TABLE IF NOT EXISTS files (run_id TEXT PRIMARY KEY, mtime_ns INTEGER, "
+                           "size INTEGER, inode INTEGER, problem TEXT)")
+                db.execute("COMMIT")
+            finally:
+                db.close()
+
+        try:
+            self._retry(setup)
+            return False
+        except sqlite3.DatabaseError as exc:
+            if not _is_corrupt(exc):
+                raise StoreWriteError(self.index_path, exc) from exc
+            self._move_aside(exc)
+        try:
+            self._retry(setup)
+        except sqlite3.DatabaseError as exc:
+            raise StoreWriteError(self.index_path, exc) from exc
+        self._rebuild_locked()
+        return True
+
+    def _move_aside(self, exc: BaseException) -> None:
+        aside = self.index_path.with_name(self.index_path.name + ".corrupt")
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(self.index_path, aside)
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                self.index_path.with_name(self.index_path.name + suffix).unlink()
+        log.warning("%s is not a usable SQLite index (%s); moved it to %s and rebuilt it from the run "
+                    "directories", self.index_path, exc, aside.name)
+
+    def _healthy(self) -> bool:
+        try:
+            db = self._connect()
+            try:
+                ok = db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+                tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                return ok and {"runs", "files"} <= tables
+            finally:
+                db.close()
+        except sqlite3.Error:
+            return False
+
+    def _repair(self, exc: BaseException) -> None:
+        """A corrupt index: move it aside and rebuild it (unless another process already did)."""
+        with self._index_lock():
+            if self.index_path.exists():
+                if self._healthy():
+                    return
+                self._move_aside(exc)
+            self._create_index()
+            self._rebuild_locked()
 
     # ------------------------------------------------------------------------------ run files
     def run_dir(self, run_id: str) -> Path:
@@ -124,38 +468,91 @@ class Store:
     def write_config(self, run_id: str, config: dict) -> None:
         atomic_write_text(self.run_dir(run_id) / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
-    def read_result(self, run_id: str) -> dict | None:
+    def load_result(self, run_id: str) -> tuple[dict | None, str | None, FileKey | None]:
+        """(result, problem, file key) of the run's result.json: (None, None, None) when there is none;
+        (None, problem, key) when it is unusable (warned once, naming the file)."""
         path = self.run_dir(run_id) / "result.json"
-        if not path.exists():
-            return None
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
-            return None
+            fd = os.open(path, os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError):
+            return None, None, None
+        except OSError as exc:
+            problem = f"cannot be read ({_reason(exc)})"
+            _warn(path, problem)
+            return None, problem, None
+        try:
+            key = _file_key(os.fstat(fd))  # of the very file read below, even if it is replaced meanwhile
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            data = b"".join(chunks)
+        except OSError as exc:
+            problem = f"cannot be read ({_reason(exc)})"
+            _warn(path, problem)
+            return None, problem, None
+        finally:
+            os.close(fd)
+        problem = None
+        result = None
+        try:
+            result = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            problem = (f"is not text (byte {data[exc.start]:#04x} at offset {exc.start} is not UTF-8: "
+                       "binary garbage?)")
+        except json.JSONDecodeError as exc:
+            what = "is empty" if not data.strip() else "is not valid JSON (truncated or corrupted"
+            problem = what if not data.strip() else f"{what}: {exc.msg} at line {exc.lineno} column {exc.colno})"
+        except RecursionError:
+            problem = "is not valid JSON (nested too deeply)"
+        problem = problem or validate_result(result, run_id)
+        if problem:
+            _warn(path, problem)
+            return None, problem, key
+        return result, None, key
+
+    def read_result(self, run_id: str) -> dict | None:
+        """The run's result, or None when it has none or an unusable one (warned, naming the file)."""
+        return self.load_result(run_id)[0]
+
+    def result_problem(self, run_id: str) -> str | None:
+        """What is wrong with the run's result.json (None: it is fine or absent)."""
+        return self.load_result(run_id)[1]
 
     def write_result(self, result: dict) -> None:
         """Write result.json atomically, then upsert its index row."""
-        result = {"schema_version": SCHEMA_VERSION, **result}
-        atomic_write_text(self.run_dir(result["run_id"]) / "result.json",
-                          json.dumps(result, indent=2, default=_json_default))
-        self._index(result)
+        if self.readonly:
+            raise StoreError(f"the run store {self.root} was opened read-only")
+        text = json.dumps({"schema_version": SCHEMA_VERSION, **result}, indent=2, default=_json_default)
+        result = json.loads(text)  # index exactly what the file holds (as a rebuild would)
+        problem = validate_result(result)
+        if problem:
+            raise ValueError(f"not writing the result of run {result.get('run_id')!r}: it {problem}")
+        st = atomic_write_text(self.run_dir(result["run_id"]) / "result.json", text)
+        key = _file_key(st)
+        self._transaction(lambda db: self._upsert(db, result, key))
 
-    def _index(self, result: dict) -> None:
-        metrics = result.get("metrics") or {}
-        primary = result.get("primary_metric")
-        row = {
-            "run_id": result["run_id"], "experiment": result.get("experiment"), "sweep_id": result.get("sweep_id"),
-            "label": result.get("label"), "method": result.get("method"), "task": result.get("task"),
-            "model": result.get("model"), "seed": result.get("seed"), "status": result.get("status"),
-            "primary_metric": primary, "primary_value": metrics.get(primary) if primary else None,
-            "config_hash": result.get("config_hash"), "started_at": result.get("started_at"),
-            "finished_at": result.get("finished_at"),
-            "result_json": json.dumps(result, default=_json_default),
-        }
+    @staticmethod
+    def _upsert(db: sqlite3.Connection, result: dict, key: FileKey) -> None:
+        row = _row(result)
         cols = ", ".join(INDEX_COLUMNS)
         marks = ", ".join("?" for _ in INDEX_COLUMNS)
-        with self._db() as db:
-            db.execute(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({marks})", [row[c] for c in INDEX_COLUMNS])
+        db.execute(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({marks})", [row[c] for c in INDEX_COLUMNS])
+        db.execute("INSERT OR REPLACE INTO files (run_id, mtime_ns, size, inode, problem) VALUES (?, ?, ?, ?, NULL)",
+                   (result["run_id"], *key))
+
+    @staticmethod
+    def _record(db: sqlite3.Connection, run_id: str, result: dict | None, problem: str | None,
+                key: FileKey | None) -> None:
+        """Index what a file holds: its row, its problem (no row), or nothing (no file)."""
+        if result is not None and key is not None:
+            Store._upsert(db, result, key)
+            return
+        db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+        if problem is not None and key is not None:
+            db.execute("INSERT OR REPLACE INTO files (run_id, mtime_ns, size, inode, problem) VALUES (?, ?, ?, ?, ?)",
+                       (run_id, *key, problem))
+        else:
+            db.execute("DELETE FROM files WHERE run_id = ?", (run_id,))
 
     def delete_run(self, run_id: str, keep_lock: bool = False) -> None:
         """Remove the run's files and index row; `keep_lock` leaves `.lock` in place, so a process
@@ -171,12 +568,19 @@ class Store:
                     path.unlink(missing_ok=True)
         else:
             shutil.rmtree(run_dir, ignore_errors=True)
-        with self._db() as db:
+
+        def forget(db: sqlite3.Connection) -> None:
             db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+            db.execute("DELETE FROM files WHERE run_id = ?", (run_id,))
+
+        self._transaction(forget)
 
     # ------------------------------------------------------------------------------ queries
     def status(self, run_id: str) -> str | None:
-        """The run's status; a `running` run whose process is gone reads as `interrupted`."""
+        """The run's status; a `running` run whose process is gone reads as `interrupted`.
+
+        None: no result.json, or an unusable one (warned, naming the file).
+        """
         result = self.read_result(run_id)
         if result is None:
             return None
@@ -185,35 +589,146 @@ class Store:
             return "interrupted"
         return status
 
-    def results(self, **filters: Any) -> list[dict]:
-        """Result dicts from the index, filtered by column equality (e.g. `status="ok"`)."""
-        where = " AND ".join(f"{k} = ?" for k in filters if k in INDEX_COLUMNS)
-        sql = "SELECT result_json FROM runs" + (f" WHERE {where}" if where else "") + " ORDER BY started_at, run_id"
-        values = [v for k, v in filters.items() if k in INDEX_COLUMNS]
-        db = sqlite3.connect(self.index_path, timeout=60)
+    def _scan(self) -> dict[str, FileKey | None]:
+        """Run id -> key of its result.json, for every run directory that has one (None: not stat-able)."""
+        out: dict[str, FileKey | None] = {}
         try:
-            rows = db.execute(sql, values).fetchall()
-        finally:
-            db.close()
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return out
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if not entry.is_dir():
+                    continue
+                out[entry.name] = _file_key(os.stat(os.path.join(entry.path, "result.json")))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError:
+                out[entry.name] = None
+        return out
+
+    def _snapshot(self, filters: dict[str, Any]) -> _Snapshot | None:
+        """The index's file keys and the rows matching `filters`, or None when it cannot be read."""
+        if not self.index_path.exists():
+            return None
+        where = " AND ".join(f"{k} = ?" for k in filters)
+        sql = "SELECT run_id, result_json FROM runs" + (f" WHERE {where}" if where else "")
+
+        def read() -> _Snapshot:
+            db = self._connect_readonly() if self.readonly else self._connect()
+            try:
+                db.execute("BEGIN")  # one consistent view of both tables
+                files = {r[0]: ((r[1], r[2], r[3]), r[4]) for r in
+                         db.execute("SELECT run_id, mtime_ns, size, inode, problem FROM files")}
+                run_ids = {r[0] for r in db.execute("SELECT run_id FROM runs")}
+                rows = dict(db.execute(sql, list(filters.values())).fetchall())
+                db.execute("COMMIT")
+                return _Snapshot(files, rows, run_ids)
+            finally:
+                db.close()
+
+        try:
+            return self._retry(read)
+        except (sqlite3.Error, StoreError) as exc:
+            if isinstance(exc, sqlite3.DatabaseError) and _is_corrupt(exc):
+                if not self.readonly:
+                    self._repair(exc)
+                    return self._snapshot(filters)
+                if (str(self.index_path), "corrupt") not in _WARNED:
+                    _WARNED.add((str(self.index_path), "corrupt"))
+                    log.warning("%s is not a usable SQLite index (%s); reading the run directories instead",
+                                self.index_path, exc)
+            else:
+                log.debug("index %s unreadable (%s); reading the run directories", self.index_path, exc)
+            return None
+
+    def _refresh(self, stale: list[str], gone: list[str]) -> dict[str, tuple]:
+        """Re-read the stale runs' files and index them; drop rows of removed runs (one transaction,
+        so a concurrent writer's newer row is never overwritten with an older file)."""
+
+        def body(db: sqlite3.Connection) -> dict[str, tuple]:
+            loaded = {}
+            for run_id in stale:
+                loaded[run_id] = self.load_result(run_id)
+                self._record(db, run_id, *loaded[run_id])
+            for run_id in gone:
+                if not (self.run_dir(run_id) / "result.json").exists():
+                    self._record(db, run_id, None, None, None)
+            return loaded
+
+        return self._transaction(body)
+
+    def results(self, **filters: Any) -> list[dict]:
+        """Result dicts, filtered by index-column equality (e.g. `status="ok"`), oldest first.
+
+        Rows whose result.json is unchanged come from the index; added, changed or removed runs are
+        re-read from their files (and, unless read-only, the index is brought up to date).
+        """
+        cols = {k: v for k, v in filters.items() if k in INDEX_COLUMNS and k != "result_json"}
+        if not self.readonly:
+            try:
+                self._ensure_index()
+            except StoreError as exc:  # a read never fails because the index can't be written
+                log.debug("could not re-create the index %s: %s", self.index_path, exc)
+        snap = self._snapshot(cols)
+        on_disk = self._scan()
+        known = snap.files if snap else {}
+        run_ids = snap.run_ids if snap else set()
+        stale = sorted(r for r, key in on_disk.items()
+                       if key is None or r not in known or known[r][0] != key or (not known[r][1] and r not in run_ids))
+        gone = sorted((snap.ids if snap else set()) - set(on_disk))
+        loaded: dict[str, tuple] | None = None
+        if not self.readonly and (stale or gone):
+            try:
+                loaded = self._refresh(stale, gone)
+            except (StoreError, sqlite3.Error) as exc:  # a read never fails because the index can't be written
+                log.debug("could not update the index %s: %s", self.index_path, exc)
+        if loaded is None:
+            loaded = {run_id: self.load_result(run_id) for run_id in stale}
         out = []
-        for (blob,) in rows:
-            result = json.loads(blob)
+        for run_id in on_disk:
+            if run_id in loaded:
+                result = loaded[run_id][0]
+                if result is None or any(_columns(result)[k] != v for k, v in cols.items()):
+                    continue
+            else:
+                problem = known[run_id][1]
+                if problem:
+                    _warn(self.run_dir(run_id) / "result.json", problem)
+                    continue
+                blob = snap.rows.get(run_id) if snap else None
+                if blob is None:
+                    continue
+                result = json.loads(blob)
             if result.get("status") == "running" and not pid_alive(result.get("pid")):
                 result["status"] = "interrupted"
             out.append(result)
+        out.sort(key=lambda r: (r.get("started_at") is not None, str(r.get("started_at") or ""), r["run_id"]))
         return out
 
     def rebuild_index(self) -> int:
-        """Re-create the index from the result.json files (the files are the truth)."""
-        with self._db() as db:
+        """Re-create the index from the result.json files (the files are the truth); returns the number
+        of usable results indexed."""
+        if self.readonly:
+            raise StoreError(f"the run store {self.root} was opened read-only")
+        with self._index_lock():
+            self._create_index()
+            return self._rebuild_locked()
+
+    def _rebuild_locked(self) -> int:
+        def body(db: sqlite3.Connection) -> int:
             db.execute("DELETE FROM runs")
-        count = 0
-        for path in sorted(self.root.glob("*/result.json")):
-            result = self.read_result(path.parent.name)
-            if result and "run_id" in result:
-                self._index(result)
-                count += 1
-        return count
+            db.execute("DELETE FROM files")
+            count = 0
+            for run_id in sorted(self._scan()):
+                result, problem, key = self.load_result(run_id)
+                self._record(db, run_id, result, problem, key)
+                count += result is not None
+            return count
+
+        return self._transaction(body, repair=False)
 
 
 def _json_default(obj: Any) -> Any:

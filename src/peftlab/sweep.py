@@ -6,12 +6,17 @@ status of every run + an executor:
 * **Resume.** Every run has a stable id (`RunConfig.run_id`), so running the same file again
   picks up where the last invocation stopped: `ok` runs are skipped; a run whose process died
   (`kill -9`, power loss: `running` with a dead pid) or that was cancelled (Ctrl-C) is cleared
-  and re-run; `failed`/`diverged` runs are skipped unless `--retry-failed`.
+  and re-run; `failed`/`diverged` runs are skipped unless `--retry-failed`. A run whose
+  `result.json` is unreadable or not a valid result is warned about (naming the file), shown as
+  `unreadable` and re-run; it never stops the sweep.
+* **Dry run.** `--dry-run` (and the plan shown before a sweep) reads the store read-only
+  (`Store(root, readonly=True)`): nothing is created or written, so it works on a read-only
+  mount or a full disk, and a missing or stale index is made up for from the run directories.
 * **Sharing a store.** Before a run starts, its per-run `flock` is taken, its status re-read
   under the lock and its directory cleared (keeping the lock file); a run whose lock another
   process holds is skipped ("busy"). Two sweeps on one store therefore never run the same run
   twice and never clobber each other's files; the SQLite index is WAL with immediate
-  transactions.
+  transactions, a busy timeout and retries while it is locked.
 * **Executors.** `local` runs one after another in this process with one `ModelCache` (the base
   model is loaded once; each run gets a deep copy; 4-bit bases are never cached). `ray` sends
   each run to a Ray cluster as a task with a resource request (`peftlab.executors.ray_executor`).
@@ -52,8 +57,8 @@ EXECUTORS = ("local", "ray")
 EXECUTOR_KEYS = ("kind", "address", "num_cpus", "num_gpus", "memory_gb", "resources", "max_retries", "env", "setup")
 
 # A planned run's state, as read from the store before the sweep starts.
-NEW, OK, INTERRUPTED, CANCELLED, FAILED, DIVERGED, BUSY = (
-    "new", "ok", "interrupted", "cancelled", "failed", "diverged", "busy")
+NEW, OK, INTERRUPTED, CANCELLED, FAILED, DIVERGED, BUSY, UNREADABLE = (
+    "new", "ok", "interrupted", "cancelled", "failed", "diverged", "busy", "unreadable")
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -69,7 +74,7 @@ class SweepInterrupted(KeyboardInterrupt):
 class PlannedRun:
     rc: RunConfig
     run_id: str
-    state: str  # new | ok | interrupted | cancelled | failed | diverged | busy
+    state: str  # new | ok | interrupted | cancelled | failed | diverged | busy | unreadable
     action: str  # run | skip
 
     @property
@@ -161,17 +166,15 @@ def check_trackers(trackers: list[str]) -> None:
 
 
 def _read_state(store: Any, run_id: str, retry_failed: bool) -> tuple[str, str]:
-    """(state, action) of one run from its result file and lock, without touching anything."""
+    """(state, action) of one run from its result file and lock, without writing anything."""
     status = store.status(run_id)
     if status is None:
-        return NEW, "run"
+        return (UNREADABLE if store.result_problem(run_id) else NEW), "run"
     if status == "ok":
         return OK, "skip"
     # Not finished: if another process holds the lock it is running right now (a second sweep).
-    lock = store.lock(run_id)
-    if not lock.acquire():
+    if store.lock(run_id).held_elsewhere():
         return BUSY, "skip"
-    lock.release()
     if status in ("running", "interrupted"):  # running + free lock: its process is gone
         return INTERRUPTED, "run"
     if status == "cancelled":
@@ -197,7 +200,8 @@ def _durations(results: list[dict]) -> dict:
 def make_plan(exp: ExperimentConfig, store: Any = None, retry_failed: bool = False) -> SweepPlan:
     """Expand `exp` and read every run's state from the store (a path, a Store, or None).
 
-    A store directory that does not exist yet is not created (so `--dry-run` leaves no trace).
+    A path is opened read-only and a directory that does not exist yet is not created, so
+    `--dry-run` writes nothing (and works on a read-only or full store).
     """
     from peftlab.plan import validate
     from peftlab.store import Store
@@ -205,7 +209,7 @@ def make_plan(exp: ExperimentConfig, store: Any = None, retry_failed: bool = Fal
     runs = validate(exp)
     root = Path(store.root if isinstance(store, Store) else (store or exp.output_dir))
     if not isinstance(store, Store):
-        store = Store(root) if (root / "index.sqlite").exists() else None
+        store = Store(root, readonly=True) if root.is_dir() else None
     planned = []
     for rc in runs:
         run_id = rc.run_id()
@@ -257,6 +261,7 @@ def format_plan(plan: SweepPlan, max_rows: int | None = None, executor: str = "l
         lines.append(f"  … {len(rows) - len(shown)} more row(s) (peftlab sweep FILE --dry-run lists all)")
     lines.append("")
     reruns = plan.count(INTERRUPTED, CANCELLED, action="run")
+    unreadable = plan.count(UNREADABLE)
     retried = plan.count(FAILED, DIVERGED, action="run")
     skipped_failed = plan.count(FAILED, DIVERGED, action="skip")
     parts = [f"total {len(plan.runs)}", f"already ok {plan.count(OK)}", f"to run {len(plan.to_run)}"]
@@ -266,6 +271,8 @@ def format_plan(plan: SweepPlan, max_rows: int | None = None, executor: str = "l
                       f"{plan.count(CANCELLED, action='run')} cancelled re-run")
     if retried:
         detail.append(f"{retried} failed/diverged retried")
+    if unreadable:
+        detail.append(f"{unreadable} unreadable re-run")
     if plan.to_run:
         parts[-1] += f" ({', '.join(detail)})"
     if skipped_failed:
