@@ -92,7 +92,7 @@ def test_locate_explains_missing_runs(tmp_path, model_dir):
     with pytest.raises(FileNotFoundError, match="no run 'nope'"):
         locate("nope", tmp_path)
     (tmp_path / "t--broken").mkdir()
-    (tmp_path / "t--broken" / "result.json").write_text(json.dumps({"status": "failed"}))
+    (tmp_path / "t--broken" / "result.json").write_text(json.dumps({"run_id": "t--broken", "status": "failed"}))
     with pytest.raises(FileNotFoundError, match="status is 'failed'"):
         locate("t--broken", tmp_path)
 

@@ -462,7 +462,7 @@ def test_write_report_from_store(tmp_path, monkeypatch, results):
     calls = {}
 
     class FakeStore:
-        def __init__(self, root):
+        def __init__(self, root, readonly=False):
             calls["root"] = root
 
         def results(self, **filters):

@@ -191,10 +191,13 @@ def locate(run: str | Path, store: str | Path = "runs") -> RunRef:
 def _read_result(run_dir: Path | None) -> dict | None:
     if run_dir is None or not (run_dir / "result.json").exists():
         return None
+    from peftlab.store import validate_result
+
     try:
-        return json.loads((run_dir / "result.json").read_text())
-    except json.JSONDecodeError:
+        result = json.loads((run_dir / "result.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
+    return result if validate_result(result) is None else None
 
 
 def _ref_from_run_dir(run_dir: Path, name: str) -> RunRef:

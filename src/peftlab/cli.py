@@ -318,7 +318,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
             print(f"no run store at {args.store}")
             return 0
         check_dir(args.store, "--store", writes=False)
-        results = Store(args.store).results(**filters)
+        results = Store(args.store, readonly=True).results(**filters)
         for r in results:
             print(f"{r['run_id'][:60]:<60}  {summary_line(r)}")
         print(f"{len(results)} run(s) in {args.store}")
@@ -340,11 +340,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from peftlab.report import write_report
     from peftlab.store import Store
 
-    if not (Path(args.store) / "index.sqlite").exists():
-        raise FileNotFoundError(f"no run store at {args.store} (run `peftlab run` or `peftlab sweep` first)")
     check_dir(args.out, "--out")
     filters = {"experiment": args.experiment} if args.experiment else {}
-    results = Store(args.store).results(**filters)
+    results = Store(args.store, readonly=True).results(**filters)
     paths = write_report(results, Path(args.out), title=args.title)
     for name, path in paths.items():
         print(f"{name:<10} {path}")

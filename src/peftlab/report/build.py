@@ -128,4 +128,4 @@ def write_report_from_store(store_root: str | Path, out_dir: str | Path, title: 
     """
     from peftlab.store import Store
 
-    return write_report(Store(store_root).results(**filters), Path(out_dir), title)
+    return write_report(Store(store_root, readonly=True).results(**filters), Path(out_dir), title)
