@@ -117,7 +117,7 @@ def _run_peftlab(spec: dict, model: Any, tokenizer: Any, examples: list[dict], m
                       batch_size=spec["batch_size"], save_adapter=False, num_threads=spec["threads"])
     _seed_everything(spec["seed"], cfg.num_threads)
     train(model, examples, [], cfg, spec["seed"], tokenizer.pad_token_id, "cpu",
-          progress=lambda step, total, loss: meter.step(), full=spec["method"] == "full")
+          progress=lambda step, total, loss: meter.step())
 
 
 def _run_trainer(spec: dict, model: Any, tokenizer: Any, examples: list[dict], meter: _Meter) -> str:

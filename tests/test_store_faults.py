@@ -166,9 +166,9 @@ def check_bad_result(planned, capsys, caplog, fake_execute, tmp_path, problem: s
     assert [r[0] for r in index_rows(root)] == ids[1:]  # no stale "ok" row left in the index
     assert_index_agrees(root)
 
-    from peftlab.sweep import run_sweep
+    from peftlab.executors import run_sweep
 
-    summary = run_sweep(planned["exp"], Store(root), progress=False)
+    summary = run_sweep(planned["exp"], Store(root))
     assert summary.ran == [ids[0]] and summary.already_ok == ids[1:] and summary.ok
     assert fake_execute == [ids[0]]
     assert [Store(root).status(i) for i in ids] == ["ok"] * 3
@@ -443,9 +443,9 @@ def test_lock_file_left_by_a_dead_process_does_not_block(planned, capsys, fake_e
     assert "s0:interrupted→rerun" in dry_run(planned, capsys)
     assert [r["status"] for r in Store(root, readonly=True).results()] == ["interrupted", "ok", "ok"]
 
-    from peftlab.sweep import run_sweep
+    from peftlab.executors import run_sweep
 
-    summary = run_sweep(planned["exp"], store, progress=False)
+    summary = run_sweep(planned["exp"], store)
     assert summary.ran == [ids[0]] and summary.ok and fake_execute == [ids[0]]
     assert store.status(ids[0]) == "ok"
     assert_index_agrees(root)
@@ -466,9 +466,9 @@ def test_run_dir_without_result_json_is_a_new_run(planned, capsys, caplog, fake_
     assert [r[0] for r in index_rows(root)] == sorted(ids[1:])
     assert not warnings_about(caplog, root)  # nothing is wrong: the run just has not finished
 
-    from peftlab.sweep import run_sweep
+    from peftlab.executors import run_sweep
 
-    summary = run_sweep(planned["exp"], store, progress=False)
+    summary = run_sweep(planned["exp"], store)
     assert summary.ran == [ids[0]] and summary.ok
     assert not (root / ids[0] / "adapter").exists()  # cleared before the re-run
     assert_index_agrees(root)

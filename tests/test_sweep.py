@@ -136,8 +136,7 @@ def test_dry_run_shows_plan_states_counts_and_estimate(tmp_path, tiny_llama_dir,
 
 
 def test_sweep_id_is_stable_per_experiment_content(tmp_path, tiny_llama_dir) -> None:
-    from peftlab.plan import expand
-    from peftlab.sweep import sweep_id_for
+    from peftlab.plan import expand, sweep_id_for
 
     path = write_experiment(tmp_path / "exp.yaml", tiny_llama_dir, methods=["lora"], seeds=[0, 1])
     a, b = load(path, tmp_path / "a"), load(path, tmp_path / "b")
@@ -151,7 +150,7 @@ def test_sweep_id_is_stable_per_experiment_content(tmp_path, tiny_llama_dir) -> 
 def test_executor_options_are_validated_and_mapped_to_ray_options(tmp_path, tiny_llama_dir, monkeypatch) -> None:
     from peftlab.config import ConfigError
     from peftlab.executors.ray_executor import task_options
-    from peftlab.sweep import executor_options
+    from peftlab.plan import executor_options
 
     exp = load(write_experiment(tmp_path / "e.yaml", tiny_llama_dir,
                                 executor={"num_cpus": 2, "memory_gb": 1.5, "env": {"X": 1}}), tmp_path / "s")
@@ -169,10 +168,50 @@ def test_executor_options_are_validated_and_mapped_to_ray_options(tmp_path, tiny
         executor_options(bad)
 
 
+def test_run_claims_each_run_under_its_lock_like_sweep(tmp_path, tiny_llama_dir, monkeypatch, capsys) -> None:
+    """`peftlab run` starts runs through the sweep's claim-and-run: a run whose lock another process
+    holds is reported busy and not executed; a free one is claimed, run once, and kept on the next call."""
+    import peftlab.runner as runner
+    from peftlab.cli import main
+    from peftlab.plan import expand
+    from peftlab.store import Store
+
+    path = write_experiment(tmp_path / "exp.yaml", tiny_llama_dir, methods=["lora"], seeds=[0, 1])
+    store_root = tmp_path / "store"
+    store = Store(store_root)
+    busy, free = (rc.run_id() for rc in expand(load(path, store_root)))
+    executed: list[tuple[str, bool]] = []
+
+    def fake_execute(rc, store, sweep_id=None, progress=None, cache=None, lock=None):
+        executed.append((rc.run_id(), store.lock(rc.run_id()).held_elsewhere()))  # held: we run under it
+        result = fake_result(rc, "ok", sweep_id)
+        store.write_result(result)
+        return result
+
+    monkeypatch.setattr(runner, "execute_run", fake_execute)
+    holder = store.lock(busy)
+    assert holder.acquire()  # "another process" is running it (flock conflicts across open files)
+    try:
+        assert main(["run", str(path), "--store", str(store_root)]) == 0
+    finally:
+        holder.release()
+    out = capsys.readouterr().out
+    assert executed == [(free, True)]  # the busy run was not executed; the free one ran under its lock
+    assert f"{busy}: skipped, being run by another process" in out
+    assert "done: 1 ok, 0 not ok, 1 busy in another process" in out
+    assert store.status(busy) is None and store.status(free) == "ok"
+
+    executed.clear()
+    assert main(["run", str(path), "--store", str(store_root)]) == 0
+    out = capsys.readouterr().out
+    assert executed == [(busy, True)]  # now free; the finished one is kept
+    assert f"{free}: already done (use --force to re-run)" in out
+
+
 # ------------------------------------------------------------------------------------------ progress
 def test_progress_display_live_line_and_sparse_plain_lines(tmp_path, tiny_llama_dir) -> None:
+    from peftlab.cli.display import Display
     from peftlab.plan import expand
-    from peftlab.sweep import Display
 
     rc = expand(load(write_experiment(tmp_path / "e.yaml", tiny_llama_dir, grid={"lora.r": [4]}), tmp_path))[0]
     out = io.StringIO()
@@ -198,15 +237,15 @@ def test_progress_display_live_line_and_sparse_plain_lines(tmp_path, tiny_llama_
 # ------------------------------------------------------------------------------------------ local runs
 def test_local_sweep_resume_rules_and_one_model_load(tmp_path, tiny_llama_dir, fake_records, monkeypatch) -> None:
     import peftlab.runner as runner
+    from peftlab.executors import run_sweep
     from peftlab.store import Store
-    from peftlab.sweep import run_sweep
 
     loads = []
     real_load = runner.load_model
     monkeypatch.setattr(runner, "load_model", lambda *a, **k: loads.append(a) or real_load(*a, **k))
     exp = load(write_experiment(tmp_path / "e.yaml", tiny_llama_dir, methods=["base", "lora", "ia3"]), tmp_path / "s")
     store = Store(tmp_path / "s")
-    first = run_sweep(exp, store, progress=False)
+    first = run_sweep(exp, store)
     assert first.counts() == {"ok": 3} and first.ok and len(loads) == 1  # one ModelCache: base loaded once
     ids = {r["label"]: r["run_id"] for r in first.results}
     assert {r["sweep_id"] for r in store.results()} == {first.sweep_id}
@@ -220,7 +259,7 @@ def test_local_sweep_resume_rules_and_one_model_load(tmp_path, tiny_llama_dir, f
     store.write_result({**ia3, "status": "failed", "error": "boom"})
     base_mtime = (store.run_dir(ids["base"]) / "result.json").stat().st_mtime_ns
 
-    second = run_sweep(exp, store, progress=False)
+    second = run_sweep(exp, store)
     assert second.ran == [ids["lora"]] and second.already_ok == [ids["base"]]
     assert second.skipped_failed == [ids["ia3"]] and not second.ok
     assert not (store.run_dir(ids["lora"]) / "stale.txt").exists()
@@ -228,7 +267,7 @@ def test_local_sweep_resume_rules_and_one_model_load(tmp_path, tiny_llama_dir, f
     assert (store.run_dir(ids["base"]) / "result.json").stat().st_mtime_ns == base_mtime
     assert store.status(ids["ia3"]) == "failed"
 
-    third = run_sweep(exp, store, retry_failed=True, progress=False)
+    third = run_sweep(exp, store, retry_failed=True)
     assert third.ran == [ids["ia3"]] and third.ok
     assert [store.status(i) for i in ids.values()] == ["ok", "ok", "ok"]
     assert_index_matches_files(store)
@@ -269,19 +308,20 @@ def test_ctrl_c_cancels_current_run_stops_and_resumes(tmp_path, tiny_llama_dir, 
 
 def test_tracker_off_by_default_and_tensorboard_when_asked(tmp_path, tiny_llama_dir, fake_records) -> None:
     from peftlab.config import ConfigError
+    from peftlab.executors import run_sweep
+    from peftlab.plan import check_trackers
     from peftlab.store import Store
-    from peftlab.sweep import check_trackers, run_sweep
 
     with pytest.raises(ConfigError, match="not an accelerate tracker"):
         check_trackers(["tensorbored"])
     store = Store(tmp_path / "s")
     plain = run_sweep(load(write_experiment(tmp_path / "a.yaml", tiny_llama_dir, name="plain"), tmp_path / "s"),
-                      store, progress=False)
+                      store)
     assert plain.ok and not list(store.run_dir(plain.ran[0]).rglob("events.out.tfevents*"))
     pytest.importorskip("tensorboard")
     exp = load(write_experiment(tmp_path / "b.yaml", tiny_llama_dir, name="tb", trackers=["tensorboard"]),
                tmp_path / "s")
-    summary = run_sweep(exp, store, progress=False)
+    summary = run_sweep(exp, store)
     assert summary.ok
     events = list(store.run_dir(summary.ran[0]).rglob("events.out.tfevents*"))
     assert events and events[0].stat().st_size > 0
@@ -371,12 +411,12 @@ def test_two_sweeps_sharing_a_store_run_each_run_exactly_once(tmp_path, tiny_lla
         from pathlib import Path
         from peftlab.config import load_experiment
         from peftlab.store import Store
-        from peftlab.sweep import run_sweep
+        from peftlab.executors import run_sweep
         me = sys.argv[1]
         Path({str(tmp_path)!r}, "ready-" + me).touch()
         while not Path({str(go)!r}).exists():
             time.sleep(0.02)
-        s = run_sweep(load_experiment({str(path)!r}), Store({str(store_root)!r}), progress=False)
+        s = run_sweep(load_experiment({str(path)!r}), Store({str(store_root)!r}))
         Path({str(tmp_path)!r}, "out-" + me + ".json").write_text(json.dumps(
             {{"ran": s.ran, "busy": s.busy, "done_elsewhere": s.done_elsewhere, "already_ok": s.already_ok}}))
         """)

@@ -43,13 +43,14 @@ def ray_executor(setup: str) -> dict:
 
 @pytest.mark.timeout(240)
 def test_ray_executor_runs_a_4_run_sweep(local_ray, tmp_path, tiny_llama_dir, capsys) -> None:
+    from peftlab.cli.display import Display
+    from peftlab.executors import run_sweep
     from peftlab.store import Store
-    from peftlab.sweep import run_sweep
 
     exp = load(write_experiment(tmp_path / "exp.yaml", tiny_llama_dir, name="rayx", methods=["lora", "ia3"],
                                 seeds=[0, 1], executor=ray_executor("test_sweep:install_fake_data")), tmp_path / "s")
     store = Store(tmp_path / "s")
-    summary = run_sweep(exp, store, executor="ray")
+    summary = run_sweep(exp, store, executor="ray", listener=Display())
     out = capsys.readouterr().out
     assert summary.counts() == {"ok": 4} and summary.ok, [r.get("error") for r in summary.results]
     assert "submitted 4 run(s) to Ray (num_cpus=1, num_gpus=0, memory=1GiB each" in out
@@ -62,20 +63,20 @@ def test_ray_executor_runs_a_4_run_sweep(local_ray, tmp_path, tiny_llama_dir, ca
 
     assert peftlab.data.load_records.__module__ == "peftlab.data"
     assert all((store.run_dir(r["run_id"]) / "adapter").exists() for r in results)
-    again = run_sweep(exp, store, executor="ray", progress=False)  # resume: nothing left to do
+    again = run_sweep(exp, store, executor="ray")  # resume: nothing left to do
     assert again.results == [] and len(again.already_ok) == 4
     assert_index_matches_files(store)
 
 
 @pytest.mark.timeout(180)
 def test_ray_worker_death_is_recorded_failed_by_the_driver(local_ray, tmp_path, tiny_llama_dir) -> None:
+    from peftlab.executors import run_sweep
     from peftlab.store import Store
-    from peftlab.sweep import run_sweep
 
     exp = load(write_experiment(tmp_path / "exp.yaml", tiny_llama_dir, name="crash", methods=["lora"],
                                 executor=ray_executor("test_sweep_ray:install_crashing_data")), tmp_path / "s")
     store = Store(tmp_path / "s")
-    summary = run_sweep(exp, store, executor="ray", progress=False)
+    summary = run_sweep(exp, store, executor="ray")
     assert summary.counts() == {"failed": 1} and not summary.ok
     result = store.read_result(summary.ran[0])
     assert result["status"] == "failed" and "Ray task running this run was lost" in result["error"]

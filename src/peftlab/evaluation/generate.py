@@ -3,38 +3,26 @@
 Prompts are left-padded (every row's next token sits in the last column), generated with the KV
 cache, stopped at end-of-sequence or at stop strings, cut at the stop strings, and timed.
 
-Prompt-learning methods need care, because their virtual tokens are part of the sequence the cache
-holds but not of the token ids `generate` tracks:
-
-* peft's prompt tuning *drops* the position ids `generate` computes from the attention mask
-  ("Position ids are not supported for parameter efficient tuning"), so under left padding the pad
-  columns shift every real token's position: a prompt generates something else in a batch than
-  alone (with absolute position embeddings, e.g. GPT-2, most of the time).
-* peft's prefix tuning crashes under `use_cache=False`.
-* the hybrid's old path generated from `inputs_embeds`, which makes `transformers` force the cache
-  on, so there was no cache-free run to compare with.
-
-peftlab therefore drives the plain transformers model itself for these methods and gives it the
-virtual tokens at every forward (`_virtual_tokens`): on the first forward of a sequence (or on
-every forward without a cache) soft prompts are prepended as embeddings and prefixes are put in
-the cache, the attention mask gains `n` ones in front, and every position id is shifted by `n`, so
-each token sits exactly where it sat in training (virtual tokens at `0..n-1`, the text after
-them, pads ignored). `tests/test_generation.py` checks, per method, that cached generation equals
-cache-free generation and an unpadded token-by-token forward loop, and batched equals one-by-one.
+Prompt-learning methods (prompt tuning, prefix tuning, the LoRA+prompt hybrid) generate through
+`peftlab.methods.virtual_tokens.hf_generate`, which gives the plain transformers model their
+virtual tokens at every forward; `tests/test_generation.py` checks, per method, that cached
+generation equals cache-free generation and an unpadded token-by-token forward loop, and batched
+equals one-by-one.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
 from peftlab.config import DecodingConfig
+from peftlab.methods.virtual_tokens import CACHE_ARGUMENTS, cache_argument, hf_generate, hf_model
+
+__all__ = ["GenerationOutput", "generate", "hf_generate", "generation_kwargs", "eos_token_ids", "left_pad",
+           "cut_at_stop", "StopOnStrings", "cache_argument", "CACHE_ARGUMENTS"]
 
 
 @dataclass
@@ -70,7 +58,7 @@ def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
     ids: list[int] = []
     if getattr(tokenizer, "eos_token_id", None) is not None:
         ids.append(int(tokenizer.eos_token_id))
-    gen_config = getattr(_hf_model(model), "generation_config", None) if model is not None else None
+    gen_config = getattr(hf_model(model), "generation_config", None) if model is not None else None
     extra = getattr(gen_config, "eos_token_id", None)
     for i in ([extra] if isinstance(extra, int) else list(extra or [])):
         if int(i) not in ids and int(i) < len(tokenizer):  # tiny test configs name ids beyond the vocab
@@ -152,155 +140,6 @@ class StopOnStrings:
             text = self.tokenizer.decode(new[row, -self.tail:].tolist(), skip_special_tokens=False)
             done[row] = any(s in text for s in self.stops)
         return done
-
-
-# ------------------------------------------------------------------------------- virtual tokens
-# The keyword a transformers forward takes for its KV cache: `cache` since transformers 5.24,
-# `past_key_values` before (5.24 still accepts the old name with a FutureWarning until 5.40).
-CACHE_ARGUMENTS = ("cache", "past_key_values")
-
-
-def cache_argument(forward: Callable[..., Any]) -> str:
-    """`"cache"` or `"past_key_values"`: the name `forward` (a transformers model's) takes its KV cache by."""
-    try:
-        params = inspect.signature(forward).parameters
-    except (TypeError, ValueError):
-        return "past_key_values"
-    return next((name for name in CACHE_ARGUMENTS if name in params), "past_key_values")
-
-
-@dataclass
-class _Target:
-    """What `generate` is called on, and what each forward must add (virtual tokens)."""
-
-    lm: Any  # the object whose `.generate` runs
-    inner: Any = None  # the transformers model whose forward gets the virtual tokens
-    num_virtual: int = 0
-    soft_prompt: torch.Tensor | None = None  # [n, hidden]: prepended as embeddings (prompt tuning, hybrid)
-    prefix: Callable[[int], Any] | None = None  # batch -> Cache holding n positions (prefix tuning)
-
-
-def _hf_model(model: Any) -> Any:
-    """The underlying transformers model (through peft and peftlab wrappers)."""
-    from peftlab.methods.hybrid import LoraPromptModel
-
-    if isinstance(model, LoraPromptModel):
-        model = model.peft_model
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
-
-
-def _target(model: Any) -> _Target:
-    from peftlab.methods.hybrid import LoraPromptModel
-
-    if isinstance(model, LoraPromptModel):
-        inner = _hf_model(model)
-        return _Target(lm=inner, inner=inner, num_virtual=model.num_virtual_tokens,
-                       soft_prompt=model.soft_prompt.detach())
-    config = getattr(model, "active_peft_config", None)
-    if config is not None and getattr(config, "is_prompt_learning", False):
-        kind = str(getattr(config.peft_type, "value", config.peft_type))
-        inner = model.get_base_model()
-        n = int(config.num_virtual_tokens)
-        if kind in ("PROMPT_TUNING", "P_TUNING"):
-            with torch.no_grad():
-                prompt = model.get_prompt(batch_size=1)[0].detach()
-            return _Target(lm=inner, inner=inner, num_virtual=n, soft_prompt=prompt)
-        if kind == "PREFIX_TUNING":
-            return _Target(lm=inner, inner=inner, num_virtual=n,
-                           prefix=lambda batch: model.get_prompt(batch_size=batch))
-    return _Target(lm=model)  # weight adapters and plain models: their own generate is right
-
-
-@contextlib.contextmanager
-def _virtual_tokens(target: _Target) -> Iterator[None]:
-    """Install a forward on the transformers model that adds the virtual tokens; restore it after."""
-    if target.inner is None:
-        yield
-        return
-    inner = target.inner
-    own = inner.__dict__.get("forward")  # accelerate hooks live on the instance too
-    orig = inner.forward
-    n = target.num_virtual
-
-    cache_name = cache_argument(orig)
-
-    @functools.wraps(orig)
-    def forward(input_ids: Any = None, attention_mask: Any = None, position_ids: Any = None,
-                inputs_embeds: Any = None, use_cache: Any = None, **kwargs: Any) -> Any:
-        if inputs_embeds is not None:
-            raise ValueError("peftlab generation of prompt-learning models takes input_ids, not inputs_embeds")
-        cache = None
-        for name in CACHE_ARGUMENTS:  # whichever name this transformers release passes
-            value = kwargs.pop(name, None)
-            cache = value if value is not None else cache
-        batch, length = input_ids.shape
-        past = cache.get_seq_length() if cache is not None else 0
-        prefill = past == 0
-        if attention_mask is not None:
-            if attention_mask.dim() != 2:
-                raise ValueError("peftlab generation of prompt-learning models needs a 2D attention mask")
-            attention_mask = torch.cat([attention_mask.new_ones(batch, n), attention_mask], dim=1)
-        if position_ids is None:  # cache positions, virtual tokens included
-            start = past if not prefill else n
-            position_ids = torch.arange(start, start + length, device=input_ids.device).unsqueeze(0).expand(batch, -1)
-        else:
-            position_ids = position_ids + n
-        if prefill and target.soft_prompt is not None:
-            embeds = inner.get_input_embeddings()(input_ids)
-            prompt = target.soft_prompt.to(device=embeds.device, dtype=embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
-            inputs_embeds = torch.cat([prompt, embeds], dim=1)
-            input_ids = None
-            position_ids = torch.cat([torch.arange(n, device=position_ids.device).unsqueeze(0).expand(batch, -1),
-                                      position_ids], dim=1)
-        elif prefill and target.prefix is not None:
-            cache = target.prefix(batch)
-        kwargs[cache_name] = cache
-        out = orig(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
-        if prefill and target.soft_prompt is not None and out.logits.shape[1] == n + length:
-            out["logits"] = out.logits[:, n:]
-        if not use_cache:  # a cache-free run must not carry the prefix cache to the next step
-            for name in CACHE_ARGUMENTS:
-                if getattr(out, name, None) is not None:
-                    out[name] = None
-        return out
-
-    inner.forward = forward
-    try:
-        yield
-    finally:
-        if own is None:
-            del inner.forward  # the class's forward is back
-        else:
-            inner.forward = own
-
-
-@contextlib.contextmanager
-def _eval_mode(model: Any) -> Iterator[None]:
-    """Generation runs without dropout (LoRA dropout would make greedy decoding random)."""
-    modules = [m for m in model.modules() if m.training]
-    for m in modules:
-        m.training = False
-    try:
-        yield
-    finally:
-        for m in modules:
-            m.training = True
-
-
-@torch.no_grad()
-def hf_generate(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                **kwargs: Any) -> torch.Tensor:
-    """`model.generate` made right for every method: returns prompt ids + new ids, like transformers.
-
-    `kwargs` are transformers `generate` arguments (`use_cache`, `streamer`, `stopping_criteria`, …).
-    """
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    target = _target(model)
-    with _eval_mode(model), _virtual_tokens(target):
-        return target.lm.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
 
 # ------------------------------------------------------------------------------------ the batched path

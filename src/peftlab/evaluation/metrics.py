@@ -6,8 +6,10 @@ token Jaccard, math exact match, format-error rate) is a **percentage (0-100)**,
 the official SQuAD script and of the papers these numbers are compared with, so a results
 table never mixes 0.87 and 87.0. Perplexities are plain positive numbers (lower is better).
 
-The registry (:data:`METRICS`, :func:`get_metric`) is what lets a result store
-``metric_directions`` next to its values and lets reports sort "best" correctly.
+Directions ("higher" or "lower" is better) have one source each: a task's YAML declares the
+direction of every metric it reports (`metrics:`); the registry here (:data:`METRICS`,
+:data:`DIRECTIONS`, :func:`direction_of`) gives it for any other metric name a result or a report
+meets. Nothing guesses a direction from a metric's name.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ __all__ = [
     "METRICS",
     "get_metric",
     "metric_directions",
+    "DIRECTIONS",
+    "direction_of",
     "accuracy",
     "precision",
     "recall",
@@ -488,6 +492,30 @@ def get_metric(name: str) -> Metric:
         return _pass_at_k_metric(int(match.group(1)))
     valid = ", ".join(sorted(METRICS)) + ", pass@<k>"
     raise ValueError(f"unknown metric {name!r}; valid names: {valid}")
+
+
+#: Directions of metric names that tasks report under their own names (not a `Metric` above).
+DIRECTIONS: dict[str, str] = {
+    **{name: m.direction for name, m in METRICS.items()},
+    "exact_match": "higher",  # qa (SQuAD EM) and math (strict) report it under this name
+    "exact_match_majority": "higher",
+    "in_domain_accuracy": "higher",
+    "rouge_l": "higher",
+    "loss": "lower",
+    "token_perplexity": "lower",
+    "bits_per_byte": "lower",
+}
+
+
+def direction_of(name: str, declared: dict | None = None) -> str | None:
+    """"higher" or "lower": as `declared` (a task's `metrics:`) says, else the registry; None if neither knows."""
+    if declared and declared.get(name) in ("higher", "lower"):
+        return declared[name]
+    if name in DIRECTIONS:
+        return DIRECTIONS[name]
+    if _PASS_AT_K_RE.fullmatch(name):
+        return "higher"
+    return None
 
 
 def metric_directions(names: Iterable[str]) -> dict[str, str]:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from peftlab.sweep import Display, SweepPlan, SweepSummary, claim_and_run, record, resolve_setup
+from peftlab.executors.base import ProgressListener, SweepSummary, claim_and_run, record, resolve_setup
+from peftlab.plan import SweepPlan
 
 
-def run_local(plan: SweepPlan, store: Any, summary: SweepSummary, display: Display, retry_failed: bool,
+def run_local(plan: SweepPlan, store: Any, summary: SweepSummary, listener: ProgressListener, retry_failed: bool,
               setup: Any = None) -> None:
     from peftlab.runner import ModelCache
 
@@ -20,6 +21,6 @@ def run_local(plan: SweepPlan, store: Any, summary: SweepSummary, display: Displ
         fn()
     cache = ModelCache()
     for k, planned in enumerate(plan.to_run, 1):
-        display.run_started(k, planned.rc)
-        outcome = claim_and_run(planned.rc, store, plan.sweep_id, retry_failed, progress=display.step, cache=cache)
-        record(summary, outcome, display, k)
+        listener.run_started(k, planned.rc)
+        outcome = claim_and_run(planned.rc, store, plan.sweep_id, retry_failed, progress=listener.step, cache=cache)
+        record(summary, outcome, listener, k)

@@ -31,7 +31,10 @@ import time
 from typing import Any
 
 from peftlab.config import ConfigError, RunConfig
-from peftlab.sweep import Display, Outcome, SweepPlan, SweepSummary, claim_and_run, record, resolve_setup
+from peftlab.executors.base import Outcome, ProgressListener, SweepSummary, claim_and_run, record, resolve_setup
+from peftlab.plan import SweepPlan
+from peftlab.status import OutcomeKind, RunStatus
+from peftlab.tasks.registry import task_paths
 
 ENV_PREFIXES = ("HF_", "PEFTLAB_", "TRANSFORMERS_", "WANDB_", "MLFLOW_")
 ENV_NAMES = ("TOKENIZERS_PARALLELISM",)
@@ -42,6 +45,9 @@ def worker_env(extra: dict | None = None) -> dict[str, str]:
     """Environment variables the workers need: the driver's HF/peftlab/tracker settings + `extra`."""
     env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES) or k in ENV_NAMES}
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    outside = [str(p) for p in task_paths()[1:]]  # tasks from outside the package, however registered
+    if outside:
+        env["PEFTLAB_TASK_PATHS"] = os.pathsep.join(dict.fromkeys(outside))
     env.update({str(k): str(v) for k, v in (extra or {}).items()})
     return env
 
@@ -63,39 +69,38 @@ def task_options(opts: dict) -> dict:
 
 def remote_run(rc: RunConfig, store_root: str, sweep_id: str, retry_failed: bool, setup: Any) -> dict:
     """The body of one Ray task (runs in the worker): setup hook, then claim-and-run on the shared store."""
-    from peftlab.cli import _quiet_libraries
+    from peftlab.logs import quiet_libraries
     from peftlab.store import Store
 
-    _quiet_libraries()  # as on the CLI: no HF progress bars or library chatter in the driver's output
+    quiet_libraries()  # as on the CLI: no HF progress bars or library chatter in the driver's output
     fn = resolve_setup(setup)
     if fn is not None:
         fn()
     outcome = claim_and_run(rc, Store(store_root), sweep_id, retry_failed)
-    return {"kind": outcome.kind, "run_id": outcome.run_id, "result": outcome.result, "seconds": outcome.seconds,
+    return {"kind": outcome.kind.value, "run_id": outcome.run_id, "result": outcome.result, "seconds": outcome.seconds,
             "host": socket.gethostname(), "pid": os.getpid()}
 
 
 def record_lost(store: Any, rc: RunConfig, sweep_id: str, error: BaseException) -> Outcome:
     """The worker running `rc` died (or the task failed outside the runner): record the run failed."""
-    from peftlab.runner import _initial_result
+    from peftlab.runner import initial_result
     from peftlab.store import now
 
     run_id = rc.run_id()
     lock = store.lock(run_id)
     if not lock.acquire():  # someone else is running it now (a retry, another sweep): leave it
-        return Outcome("busy", run_id)
+        return Outcome(OutcomeKind.BUSY, run_id)
     try:
-        current = store.read_result(run_id)
-        if current and current.get("status") == "ok":
-            return Outcome("ran", run_id, current)
-        result = dict(current) if current else _initial_result(rc, run_id, sweep_id)
-        result.pop("schema_version", None)
-        result.pop("pid", None)
+        current = store.read_run_result(run_id)
+        if current and current.status == RunStatus.OK:
+            return Outcome(OutcomeKind.RAN, run_id, current.to_dict())
+        result = current or initial_result(rc, run_id, sweep_id)
         text = str(error).strip() or type(error).__name__
-        result.update(status="failed", sweep_id=sweep_id, finished_at=now(),
-                      error=f"the Ray task running this run was lost ({type(error).__name__}): {text}")
+        result.sweep_id = sweep_id
+        result.finish(RunStatus.FAILED, f"the Ray task running this run was lost ({type(error).__name__}): {text}",
+                      now())
         store.write_result(result)
-        return Outcome("ran", run_id, result)
+        return Outcome(OutcomeKind.RAN, run_id, result.to_dict())
     finally:
         lock.release()
 
@@ -108,7 +113,7 @@ def _import_ray() -> Any:
     return ray
 
 
-def run_ray(plan: SweepPlan, store: Any, summary: SweepSummary, display: Display, retry_failed: bool,
+def run_ray(plan: SweepPlan, store: Any, summary: SweepSummary, listener: ProgressListener, retry_failed: bool,
             setup: Any, opts: dict, address: str | None) -> None:
     ray = _import_ray()
     started_here = not ray.is_initialized()
@@ -118,13 +123,14 @@ def run_ray(plan: SweepPlan, store: Any, summary: SweepSummary, display: Display
             kwargs["include_dashboard"] = False
         ray.init(**kwargs)
     try:
-        _drive(ray, plan, store, summary, display, retry_failed, setup, task_options(opts))
+        _drive(ray, plan, store, summary, listener, retry_failed, setup, task_options(opts))
     finally:
         if started_here:
             ray.shutdown()
 
 
-def _drive(ray: Any, plan: SweepPlan, store: Any, summary: SweepSummary, display: Display, retry_failed: bool,
+def _drive(ray: Any, plan: SweepPlan, store: Any, summary: SweepSummary, listener: ProgressListener,
+           retry_failed: bool,
            setup: Any, options: dict) -> None:
     from peftlab.store import now
 
@@ -139,22 +145,22 @@ def _drive(ray: Any, plan: SweepPlan, store: Any, summary: SweepSummary, display
     ask = ", ".join(f"{k}={v:g}" for k, v in (("num_cpus", options["num_cpus"]), ("num_gpus", options["num_gpus"])))
     if "memory" in options:
         ask += f", memory={options['memory'] / 2**30:g}GiB"
-    display.note(f"submitted {len(pending)} run(s) to Ray ({ask} each; cluster: "
+    listener.note(f"submitted {len(pending)} run(s) to Ray ({ask} each; cluster: "
                  f"{_cluster_summary(ray)})")
-    display.throughput_eta = True
+    listener.parallel()
     k = 0
     try:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             if not done:
-                display.waiting(k, len(pending))
+                listener.waiting(k, len(pending))
                 continue
             for ref in done:
                 planned = pending.pop(ref)
                 k += 1
-                record(summary, _collect(ray, ref, planned, store, plan.sweep_id), display, k)
+                record(summary, _collect(ray, ref, planned, store, plan.sweep_id), listener, k)
     except KeyboardInterrupt:
-        display.note(f"cancelling {len(pending)} outstanding Ray task(s)…")
+        listener.note(f"cancelling {len(pending)} outstanding Ray task(s)…")
         for ref in pending:
             ray.cancel(ref)  # running: KeyboardInterrupt in the task → the runner records it cancelled
         deadline = time.monotonic() + CANCEL_GRACE_S
@@ -164,15 +170,15 @@ def _drive(ray: Any, plan: SweepPlan, store: Any, summary: SweepSummary, display
                 planned = pending.pop(ref)
                 try:
                     data = ray.get(ref)
-                    outcome = Outcome(data["kind"], data["run_id"], data["result"], data["seconds"])
+                    outcome = Outcome(OutcomeKind(data["kind"]), data["run_id"], data["result"], data["seconds"])
                 except Exception:  # noqa: BLE001 - cancelled: queued (never started) or running (recorded)
                     result = store.read_result(planned.run_id)
-                    if (not result or result.get("status") != "cancelled" or result.get("sweep_id") != plan.sweep_id
+                    if (not result or result.get("status") != RunStatus.CANCELLED or result.get("sweep_id") != plan.sweep_id
                             or (result.get("started_at") or "") < submitted_at):
                         continue
-                    outcome = Outcome("ran", planned.run_id, result)
+                    outcome = Outcome(OutcomeKind.RAN, planned.run_id, result)
                 k += 1
-                record(summary, outcome, display, k)
+                record(summary, outcome, listener, k)
         raise
 
 
@@ -181,7 +187,7 @@ def _collect(ray: Any, ref: Any, planned: Any, store: Any, sweep_id: str) -> Out
         data = ray.get(ref)
     except ray.exceptions.RayError as exc:  # worker died (OOM, crash) or the task failed outside the runner
         return record_lost(store, planned.rc, sweep_id, exc)
-    return Outcome(data["kind"], data["run_id"], data["result"], data["seconds"])
+    return Outcome(OutcomeKind(data["kind"]), data["run_id"], data["result"], data["seconds"])
 
 
 def _cluster_summary(ray: Any) -> str:

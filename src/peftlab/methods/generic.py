@@ -26,6 +26,21 @@ _INTERNAL_FIELDS = {"task_type", "peft_type", "auto_mapping", "peft_version", "b
                     "inference_mode"}
 _PROMPT_TYPES = ("PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING", "ADAPTION_PROMPT", "CPT")
 _RANK_FIELDS = ("r", "init_r", "target_r")
+#: PEFT types whose update peft folds into the weights (`merge_and_unload`): the one list.
+MERGEABLE_TYPES = ("LOHA", "LOKR", "VERA", "OFT", "BOFT", "ADALORA", "HRA", "FOURIERFT", "BONE", "C3A", "SHIRA")
+
+
+def _adalora_step(model: nn.Module, step: int) -> None:
+    """AdaLoRA re-allocates its rank budget after every optimizer step."""
+    model.base_model.update_and_allocate(step)
+
+
+def _merge_kind(peft_type: str) -> tuple[str, str]:
+    if peft_type in MERGEABLE_TYPES:
+        return "weights", "yes: peft can fold this update into the weights (merge_and_unload)"
+    if peft_type in _PROMPT_TYPES:
+        return "virtual", "no: this method's virtual tokens are part of the input, not of any weight"
+    return "maybe", "maybe: `peftlab adapters merge` tries peft's merge_and_unload and says if it cannot"
 
 
 @functools.lru_cache(maxsize=1)
@@ -155,8 +170,9 @@ def generic_method(name: str) -> Method:
             raise ValueError(f"method {name!r}: {exc}; valid arguments: {', '.join(valid)}") from None
         return get_peft_model(model, config)
 
+    merge, merge_why = _merge_kind(peft_type)
     return Method(
         name=name.lower(), family="peft", description=f"peft {peft_type} with the given keyword arguments",
         apply=apply, peft_type=peft_type, validate=lambda args: check_args(name.lower(), peft_type, args),
-        mergeable=peft_type in ("LOHA", "LOKR", "VERA", "OFT", "BOFT", "ADALORA", "HRA"),
+        merge=merge, merge_why=merge_why, on_step=_adalora_step if peft_type == "ADALORA" else None,
     )

@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from peftlab.methods.lora import LORA_CHECKS, LORA_DEFAULTS, lora_config
 from peftlab.methods.registry import MAX_VIRTUAL_TOKENS, ApplyContext, Method, choice, integer, register
+from peftlab.methods.virtual_tokens import VirtualTokens, hf_generate
 
 SOFT_PROMPT_FILE = "soft_prompt.safetensors"
 
@@ -51,6 +52,20 @@ class LoraPromptModel(nn.Module):
     def input_embeddings(self) -> nn.Module:
         return self.peft_model.get_input_embeddings()
 
+    def get_base_model(self) -> nn.Module:
+        """The transformers model under the LoRA layers (as peft's `PeftModel.get_base_model`)."""
+        return self.peft_model.get_base_model()
+
+    def virtual_tokens(self) -> VirtualTokens:
+        """The soft prompt generation must put in front of every sequence (see `methods.virtual_tokens`)."""
+        inner = self.get_base_model()
+        return VirtualTokens(lm=inner, inner=inner, num_virtual=self.num_virtual_tokens,
+                             soft_prompt=self.soft_prompt.detach())
+
+    def merge_and_unload(self) -> nn.Module:
+        """The LoRA half folded into the weights; the soft prompt cannot be (it is part of the input)."""
+        return self.peft_model.merge_and_unload()
+
     def _with_prompt(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                      labels: torch.Tensor | None = None) -> dict:
         batch = input_ids.shape[0]
@@ -80,8 +95,6 @@ class LoraPromptModel(nn.Module):
         and beam search behave as they do for a plain model (generating from `inputs_embeds`
         would force the cache on and could not be checked without it).
         """
-        from peftlab.evaluation.generate import hf_generate
-
         return hf_generate(self, input_ids, attention_mask, **kwargs)
 
     def save_pretrained(self, path: str | Path, **kwargs: Any) -> None:
@@ -123,6 +136,8 @@ register(Method(
     name="lora+prompt", family="hybrid",
     description="LoRA on the weights plus trainable soft-prompt tokens, trained together (peftlab's composition)",
     defaults={**LORA_DEFAULTS, "num_virtual_tokens": 8, "prompt_init": "vocab"},
-    apply=_apply_hybrid, mergeable=True,
+    apply=_apply_hybrid, merge="partial",
+    merge_why="partly: the LoRA half merges; the soft prompt is part of the input and is exported beside",
+    load=lambda base_model, path, is_trainable: LoraPromptModel.from_pretrained(base_model, path, is_trainable),
     checks={**LORA_CHECKS, "num_virtual_tokens": integer(1, MAX_VIRTUAL_TOKENS), "prompt_init": choice("vocab", "random")},
 ))

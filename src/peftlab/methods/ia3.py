@@ -23,7 +23,8 @@ def _apply_ia3(model: nn.Module, args: dict, ctx: ApplyContext) -> nn.Module:
 register(Method(
     name="ia3", family="ia3", description="Learned per-channel scaling of keys, values and MLP activations",
     defaults={"target_modules": "auto", "feedforward_modules": "auto", "modules_to_save": None},
-    apply=_apply_ia3, mergeable=True,
+    apply=_apply_ia3, merge="weights",
+    merge_why="yes: the learned scaling vectors fold into the targeted weights",
     checks={"target_modules": module_names(shortcuts=("auto",)), "feedforward_modules": module_names(shortcuts=("auto",)),
             "modules_to_save": optional(module_names())},
 ))

@@ -64,14 +64,17 @@ def _apply_qlora(model: nn.Module, args: dict, ctx: ApplyContext) -> nn.Module:
 
 register(Method(
     name="lora", family="lora", description="Low-rank update B·A on the targeted weights (Hu et al. 2021)",
-    defaults=dict(LORA_DEFAULTS), apply=_apply_lora, mergeable=True, checks=LORA_CHECKS,
+    defaults=dict(LORA_DEFAULTS), apply=_apply_lora, checks=LORA_CHECKS,
+    merge="weights", merge_why="yes: the low-rank update B·A folds into the targeted weights",
 ))
 register(Method(
     name="dora", family="lora", description="Weight-decomposed LoRA: trains magnitude and low-rank direction (Liu et al. 2024)",
-    defaults=dict(LORA_DEFAULTS), apply=_apply_dora, mergeable=True, checks=LORA_CHECKS,
+    defaults=dict(LORA_DEFAULTS), apply=_apply_dora, checks=LORA_CHECKS,
+    merge="weights", merge_why="yes: magnitude × normalized (W + B·A) folds into the targeted weights",
 ))
 register(Method(
     name="qlora", family="lora", description="LoRA on a 4-bit NF4 base through bitsandbytes (Dettmers et al. 2023)",
     defaults={**LORA_DEFAULTS, "gradient_checkpointing": False}, apply=_apply_qlora,
-    quantize_base=True, mergeable=True, checks=LORA_CHECKS,
+    quantize_base=True, checks=LORA_CHECKS, merge="weights",
+    merge_why="yes, into a de-quantized copy of the NF4 base (merging into 4-bit layers would re-quantize and drift)",
 ))

@@ -41,7 +41,8 @@ def _check_text_init(args: dict) -> dict:
 register(Method(
     name="prompt", family="prompt", description="Trainable soft-prompt embeddings prepended to the input",
     defaults={"num_virtual_tokens": 8, "prompt_tuning_init": "RANDOM", "prompt_tuning_init_text": None},
-    apply=_apply_prompt,
+    apply=_apply_prompt, merge="virtual",
+    merge_why="no: prompt tuning's virtual tokens are part of the input, not of any weight (exported instead)",
     checks={"num_virtual_tokens": integer(1, MAX_VIRTUAL_TOKENS),
             "prompt_tuning_init": choice("RANDOM", "TEXT", "SAMPLE_VOCAB", upper=True)},
     validate=_check_text_init,
@@ -49,7 +50,8 @@ register(Method(
 register(Method(
     name="prefix", family="prompt", description="Trainable key/value prefixes in every attention layer",
     defaults={"num_virtual_tokens": 10, "prefix_projection": False, "encoder_hidden_size": None},
-    apply=_apply_prefix,
+    apply=_apply_prefix, merge="virtual",
+    merge_why="no: prefix tuning's key/value prefixes live in the attention cache, not in any weight (exported instead)",
     checks={"num_virtual_tokens": integer(1, MAX_VIRTUAL_TOKENS), "prefix_projection": boolean(),
             "encoder_hidden_size": optional(integer(1, 1 << 20))},
 ))

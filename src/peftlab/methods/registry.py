@@ -1,8 +1,14 @@
 """The method registry: each family module registers its methods by name.
 
 A method turns a frozen base model into a trainable adapted model. peft supplies the layers; a
-method entry adds what the comparison needs: its paper defaults, whether it trains at all,
-whether the base must be loaded in 4-bit, and whether it can be merged into the base weights.
+method entry adds what the comparison needs, declared once here and read everywhere else (the
+runner, `peftlab.adapters` and the commands hold no method names): its paper defaults, whether it
+trains at all, whether it trains every weight (`full`), whether the base must be loaded in 4-bit,
+a per-step training callback (AdaLoRA's budget allocation), how its saved adapter loads back, and
+whether and how it merges into the base weights (with the sentence that explains why).
+
+`get_method` (in `peftlab.methods`) resolves a name: a registered method here, or any other peft
+type through `peftlab.methods.generic`.
 """
 
 from __future__ import annotations
@@ -110,6 +116,26 @@ class ApplyContext:
     seed: int = 0  # the run's seed, for methods that initialise tensors themselves (the hybrid's prompt)
 
 
+#: How a method's training merges into the base weights (`Method.merge`):
+#: `weights` the update folds into the weights; `partial` part of it does (the rest is exported);
+#: `virtual` nothing changes a weight, the virtual tokens are exported beside the base;
+#: `none` there is nothing to merge (no training, or the saved model is already complete);
+#: `maybe` peft's `merge_and_unload` is tried and says if it cannot.
+MERGE_KINDS = ("weights", "partial", "virtual", "none", "maybe")
+
+# (adapted model, optimizer step) -> None, called after every optimizer step.
+StepCallback = Callable[[nn.Module, int], None]
+# (base model, adapter directory, is_trainable) -> the adapted model a run saved.
+Loader = Callable[[nn.Module, Any, bool], nn.Module]
+
+
+def peft_loader(base_model: nn.Module, path: Any, is_trainable: bool) -> nn.Module:
+    """The default loader: a peft adapter directory on top of the base model."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base_model, path, is_trainable=is_trainable)
+
+
 @dataclass
 class Method:
     name: str
@@ -117,12 +143,25 @@ class Method:
     description: str
     defaults: dict = field(default_factory=dict)
     apply: Callable[[nn.Module, dict, ApplyContext], nn.Module] | None = None
-    trains: bool = True
+    trains: bool = True  # False: the base model as it is (nothing trains, nothing is saved)
+    full: bool = False  # every weight trains; the saved "adapter" is a complete model (loads without a base)
     quantize_base: bool = False
-    mergeable: bool = False
+    merge: str = "maybe"  # one of MERGE_KINDS
+    merge_why: str = "maybe: `peftlab adapters merge` tries peft's merge_and_unload and says if it cannot"
+    on_step: StepCallback | None = None  # per optimizer step (AdaLoRA: update_and_allocate)
+    load: Loader = peft_loader  # how the saved adapter loads on top of its base model
     peft_type: str | None = None
     checks: dict[str, Check] = field(default_factory=dict)  # argument name -> its value check
     validate: Callable[[dict], dict] | None = None  # whole-argument check (generic PEFT types: the config's fields)
+
+    def __post_init__(self) -> None:
+        if self.merge not in MERGE_KINDS:
+            raise ValueError(f"method {self.name!r}: merge must be one of {', '.join(MERGE_KINDS)}, got {self.merge!r}")
+
+    @property
+    def mergeable(self) -> bool:
+        """Whether (part of) the training folds into the base weights."""
+        return self.merge in ("weights", "partial")
 
     def resolve_args(self, args: dict) -> dict:
         """Defaults overlaid with the user's arguments; unknown names and bad values are errors.
@@ -156,23 +195,6 @@ def register(method: Method) -> Method:
         raise ValueError(f"method {method.name!r} registered twice")
     REGISTRY[method.name] = method
     return method
-
-
-def get_method(name: str) -> Method:
-    """A registered method, or any other PEFT method by its PEFT type name (vera, loha, lokr, …)."""
-    if name in REGISTRY:
-        return REGISTRY[name]
-    from peftlab.methods.generic import generic_method, peft_type_names
-
-    if name.upper().replace("-", "_") in peft_type_names():
-        return generic_method(name)
-    valid = sorted(REGISTRY)
-    close = difflib.get_close_matches(name, valid + [n.lower() for n in peft_type_names()], n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ValueError(
-        f"unknown method {name!r}{hint}; registered: {', '.join(valid)}; "
-        f"or any PEFT type: {', '.join(n.lower() for n in peft_type_names())}"
-    )
 
 
 def freeze(model: nn.Module) -> nn.Module:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
+from peftlab.evaluation.metrics import direction_of
+
 # ---------------------------------------------------------------------------------------------
 # Student t distribution (regularized incomplete beta, no scipy)
 # ---------------------------------------------------------------------------------------------
@@ -166,7 +168,6 @@ COST_DIRECTIONS: dict[str, str | None] = {
     "tokens_trained": None,
 }
 
-_LOWER_HINTS = ("loss", "perplexity", "ppl", "error", "wer", "cer", "distance")
 
 
 def cost_direction(name: str) -> str | None:
@@ -178,11 +179,6 @@ def cost_direction(name: str) -> str | None:
     if name.endswith(("_s", "_bytes", "_params", "_pct", "_flops")):
         return "lower"
     return None
-
-
-def guess_metric_direction(name: str) -> str:
-    """Fallback only for results that forgot ``metric_directions`` (flagged in the notes)."""
-    return "lower" if any(h in name.lower() for h in _LOWER_HINTS) else "higher"
 
 
 def is_better(a: float, b: float, direction: str | None) -> bool:
@@ -439,9 +435,11 @@ def _task_directions(groups: list[Group], notes: list[str]) -> dict[str, str]:
     for g in groups:
         for name in g.metrics:
             if name not in out:
-                out[name] = guess_metric_direction(name)
-                notes.append(f"[{g.task}] metric {name!r} has no declared direction; "
-                             f"assuming {out[name]!r}-is-better")
+                known = direction_of(name)
+                out[name] = known or "higher"
+                if known is None:
+                    notes.append(f"[{g.task}] metric {name!r} has no declared direction (task YAML) and is not in "
+                                 f"the metric registry (peftlab.evaluation.metrics); assuming 'higher'-is-better")
     return out
 
 

@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from peftlab.formatting import fmt_sig, human_bytes, human_count, human_duration, human_pct, human_rate
+
 from .aggregate import (
     Aggregate,
     Group,
@@ -33,21 +35,6 @@ from .aggregate import (
 # ---------------------------------------------------------------------------------------------
 
 
-def fmt_sig(x: float | None, sig: int = 4) -> str:
-    """Significant-digit formatting without scientific notation for everyday magnitudes."""
-    if x is None:
-        return "—"
-    if x == 0:
-        return "0"
-    if not math.isfinite(x):
-        return str(x)
-    mag = math.floor(math.log10(abs(x)))
-    if mag >= 6 or mag <= -5:
-        return f"{x:.{sig - 1}e}"
-    decimals = max(0, sig - 1 - mag)
-    return f"{x:.{decimals}f}"
-
-
 def fmt_mean_pm(stats: Stats | None) -> tuple[str, str | None]:
     """Mean and CI half-width rounded together: the half-width to 2 significant digits and the
     mean to the same decimal place, so no digit is shown that the interval says is noise."""
@@ -58,52 +45,6 @@ def fmt_mean_pm(stats: Stats | None) -> tuple[str, str | None]:
         return fmt_sig(stats.mean), (None if hw is None else "0")
     decimals = min(8, max(0, 1 - math.floor(math.log10(hw))))
     return f"{stats.mean:.{decimals}f}", f"{hw:.{decimals}f}"
-
-
-def human_bytes(n: float | None) -> str:
-    """Binary units (KiB, MiB, GiB) because memory and files are measured that way."""
-    if n is None:
-        return "—"
-    units = ["B", "KiB", "MiB", "GiB", "TiB"]
-    x, i = float(n), 0
-    while abs(x) >= 1024 and i < len(units) - 1:
-        x, i = x / 1024, i + 1
-    return f"{int(x)} B" if i == 0 else f"{x:.3g} {units[i]}"
-
-
-def human_count(n: float | None) -> str:
-    """Parameter counts the way papers write them: 1.23M, 135M, 4.6K."""
-    if n is None:
-        return "—"
-    for div, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if abs(n) >= div:
-            return f"{n / div:.3g}{suffix}"
-    return f"{n:.0f}"
-
-
-def human_duration(s: float | None) -> str:
-    if s is None:
-        return "—"
-    if s < 60:
-        return f"{s:.3g} s"
-    if s < 3600:
-        return f"{s / 60:.3g} min"
-    return f"{s / 3600:.3g} h"
-
-
-def human_pct(p: float | None) -> str:
-    return "—" if p is None else f"{p:.3g}%"
-
-
-def human_rate(r: float | None) -> str:
-    if r is None:
-        return "—"
-    return f"{fmt_sig(r / 1000, 3)}k" if abs(r) >= 1000 else fmt_sig(r, 3)
-
-
-# ---------------------------------------------------------------------------------------------
-# Table model
-# ---------------------------------------------------------------------------------------------
 
 
 @dataclass

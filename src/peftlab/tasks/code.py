@@ -34,6 +34,7 @@ from typing import Any
 
 from peftlab.evaluation import metrics as M
 from peftlab.evaluation import sandbox
+from peftlab.tasks.api import EvalContext
 from peftlab.tasks.common import generation_eval, resolve_decodings, truncate_ids
 from peftlab.tasks.registry import TaskSpec
 
@@ -46,7 +47,7 @@ def sample_counts(args: dict, decoding: Any) -> int:
     return max(int(args.get("n_samples") or 1), decoding.num_return_sequences)
 
 
-def code_decodings(spec: TaskSpec, ctx: Any) -> list[Any]:
+def code_decodings(spec: TaskSpec, ctx: EvalContext) -> list[Any]:
     """The experiment's strategies with n samples each; greedy with n > 1 becomes sampling."""
     out = []
     for decoding in resolve_decodings(spec, ctx.eval.decoding, ctx.args):
@@ -67,7 +68,7 @@ def executes_code(args: dict) -> bool:
     return bool(args.get("execute", True))
 
 
-def evaluate(spec: TaskSpec, ctx: Any) -> dict:
+def evaluate(spec: TaskSpec, ctx: EvalContext) -> dict:
     execute = executes_code(ctx.args)
     if execute:  # refuse before spending minutes generating
         sandbox.require_opt_in(ctx.eval.allow_code_execution)

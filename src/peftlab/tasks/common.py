@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from peftlab.config import DecodingConfig
+from peftlab.tasks.api import EvalContext
 from peftlab.tasks.chat import prompt_text
 
 log = logging.getLogger("peftlab")
@@ -132,7 +133,7 @@ def _throughput(out: Any, n_prompts: int) -> dict[str, float]:
             "s_per_example": float(out.seconds) / max(n_prompts, 1)}
 
 
-def generation_eval(spec: Any, ctx: Any, prompts: list[list[int]], score: Scorer,
+def generation_eval(spec: Any, ctx: EvalContext, prompts: list[list[int]], score: Scorer,
                     sample_fields: list[dict] | None = None,
                     decodings: list[DecodingConfig] | None = None,
                     extra: Callable[[DecodingConfig], dict] | None = None) -> dict:

@@ -30,6 +30,7 @@ import torch
 
 from peftlab.evaluation import metrics as M
 from peftlab.evaluation.scoring import nll_sum
+from peftlab.tasks.api import EvalContext
 from peftlab.tasks.chat import build_messages, render, render_prompt
 from peftlab.tasks.common import fit_text, generation_eval, n_tokens, prompt_overhead
 from peftlab.tasks.registry import TaskSpec
@@ -73,7 +74,7 @@ def prompt_ids(spec: TaskSpec, record: dict, args: dict, tokenizer: Any, max_len
 
 
 @torch.no_grad()
-def answer_nll(spec: TaskSpec, ctx: Any) -> tuple[float, int]:
+def answer_nll(spec: TaskSpec, ctx: EvalContext) -> tuple[float, int]:
     """Total NLL (nats) and count of the reference answers' labelled tokens, teacher-forced."""
     tok = ctx.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -98,7 +99,7 @@ def answer_nll(spec: TaskSpec, ctx: Any) -> tuple[float, int]:
     return total, count
 
 
-def evaluate(spec: TaskSpec, ctx: Any) -> dict:
+def evaluate(spec: TaskSpec, ctx: EvalContext) -> dict:
     records = ctx.records
     if not records:
         raise ValueError("instruct: no test records to evaluate (check limit_eval)")

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from peftlab.evaluation.scoring import strided_perplexity
+from peftlab.tasks.api import EvalContext
 from peftlab.tasks.registry import TaskSpec
 
 
@@ -12,7 +11,7 @@ def record_text(record: dict) -> str:
     return record["text"]
 
 
-def evaluate(spec: TaskSpec, ctx: Any) -> dict:
+def evaluate(spec: TaskSpec, ctx: EvalContext) -> dict:
     """Token- and word-level perplexity of the test split (strided window)."""
     window = ctx.args.get("window") or ctx.max_length
     stride = ctx.args.get("stride") or max(1, window // 2)

@@ -24,6 +24,7 @@ from collections import Counter
 from typing import Any
 
 from peftlab.evaluation.answers import answers_match, extract_flexible, extract_strict, normalize_number
+from peftlab.tasks.api import EvalContext
 from peftlab.tasks.chat import build_messages, render_prompt
 from peftlab.tasks.common import generation_eval
 from peftlab.tasks.registry import TaskSpec
@@ -85,7 +86,7 @@ def score_outputs(texts: list[list[str]], golds: list[str]) -> tuple[dict[str, f
     return metrics, per
 
 
-def evaluate(spec: TaskSpec, ctx: Any) -> dict:
+def evaluate(spec: TaskSpec, ctx: EvalContext) -> dict:
     records = ctx.records
     golds = [str(r["answer"]) for r in records]
     prompts = [render_prompt(ctx.tokenizer, to_messages(spec, r, ctx.args, train=False), ctx.max_length)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from peftlab.evaluation import metrics as M
+from peftlab.tasks.api import EvalContext
 from peftlab.tasks.chat import build_messages, render_prompt
 from peftlab.tasks.common import fit_text, generation_eval, prompt_overhead
 from peftlab.tasks.registry import TaskSpec
@@ -71,7 +72,7 @@ def prompt_ids(spec: TaskSpec, record: dict, args: dict, tokenizer: Any, max_len
                          max_length)
 
 
-def evaluate(spec: TaskSpec, ctx: Any) -> dict:
+def evaluate(spec: TaskSpec, ctx: EvalContext) -> dict:
     records = ctx.records
     golds = [list(r["answers"]) or [""] for r in records]
     prompts = [prompt_ids(spec, r, ctx.args, ctx.tokenizer, ctx.max_length) for r in records]

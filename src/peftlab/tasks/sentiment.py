@@ -38,6 +38,7 @@ import torch
 from peftlab.evaluation import metrics as M
 from peftlab.evaluation.answers import extract_label
 from peftlab.evaluation.scoring import aligned_logits, choice_logprobs
+from peftlab.tasks.api import EvalContext
 from peftlab.tasks.chat import build_messages, render_prompt
 from peftlab.tasks.common import fit_text, generation_eval, prompt_overhead, resolve_decodings
 from peftlab.tasks.registry import TaskSpec
@@ -97,7 +98,7 @@ def next_token_logprobs(model: Any, prompts: list[list[int]], token_ids: list[in
     return out
 
 
-def loglik_predictions(spec: TaskSpec, ctx: Any, records: list[dict]) -> tuple[list[int], list[list[float]], int]:
+def loglik_predictions(spec: TaskSpec, ctx: EvalContext, records: list[dict]) -> tuple[list[int], list[list[float]], int]:
     """(predicted labels, per-label log-likelihoods, tokens scored) by comparing label words.
 
     Label words that are single tokens (the default words are, in the SmolLM2, Llama and GPT-2
@@ -126,25 +127,26 @@ def _parse(texts: list[list[str]], words: list[str]) -> list[list[int | None]]:
     return [[extract_label(t, mapping) for t in outs] for outs in texts]
 
 
-def _generation_prompts(spec: TaskSpec, ctx: Any, records: list[dict]) -> list[list[int]]:
+def _generation_prompts(spec: TaskSpec, ctx: EvalContext, records: list[dict]) -> list[list[int]]:
     tok = ctx.tokenizer
     return [render_prompt(tok, fitted_messages(spec, r, ctx.args, tok, ctx.max_length, 0), ctx.max_length)
             for r in records]
 
 
-def _in_domain_records(spec: TaskSpec, ctx: Any) -> list[dict]:
+def _in_domain_records(spec: TaskSpec, ctx: EvalContext) -> list[dict]:
     """Held-out in-domain sentences (`validation` split), as many as the test split evaluates."""
     if not ctx.args.get("in_domain", True) or not spec.splits.get("validation"):
         return []
     from peftlab import data
 
     limit = ctx.args.get("in_domain_limit") or len(ctx.records)
-    source = getattr(ctx, "source", None) or ctx.args.get("in_domain_source") or "auto"
-    records, _ = data.load_records(spec.name, spec.splits["validation"], source=source, limit=limit, seed=0)
+    source = ctx.args.get("in_domain_source") or ctx.source or "auto"  # explicit arg, else the run's source
+    records, _ = data.load_records(spec.name, spec.splits["validation"], source=source, limit=limit,
+                                   seed=ctx.data_seed)
     return records
 
 
-def evaluate(spec: TaskSpec, ctx: Any) -> dict:
+def evaluate(spec: TaskSpec, ctx: EvalContext) -> dict:
     scoring = ctx.args.get("scoring", "loglik")
     if scoring not in ("loglik", "generate"):
         raise ValueError(f"sentiment: args.scoring must be 'loglik' or 'generate', got {scoring!r}")

@@ -1,7 +1,8 @@
-"""What `peftlab data prepare` and `peftlab data show` do (the CLI module only parses args)."""
+"""`peftlab data prepare` and `peftlab data show`: offline data and models, and a look at a task's data."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -82,3 +83,38 @@ def show_cmd(task: str, source: str, n: int = 3) -> int:
             for key, value in rec.items():
                 print(f"    {key}: {_short(value)}")
     return 0
+
+
+# ------------------------------------------------------------------------------------------ commands
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from peftlab.models import ALIASES, DEFAULT_MODEL, prepare_alias
+
+    names = args.names or [DEFAULT_MODEL, *sorted(_task_names())]
+    known = [*_task_names(), *ALIASES, "all"]
+    for name in names:
+        if name not in known:
+            import difflib
+
+            from peftlab.config import ConfigError
+
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"data prepare: unknown name {name!r}{hint}; tasks: {', '.join(_task_names())}; "
+                              f"model aliases: {', '.join(ALIASES)}")
+    models = [n for n in names if n in ALIASES]
+    tasks = [n for n in names if n not in ALIASES]
+    for alias in models:
+        t0 = time.perf_counter()
+        path = prepare_alias(alias, force=args.force)
+        print(f"model {alias}: {path} ({time.perf_counter() - t0:.1f}s)")
+    return prepare_cmd(tasks, args.force) if tasks else 0
+
+
+def _task_names() -> list[str]:
+    from peftlab.tasks.registry import all_tasks
+
+    return list(all_tasks())
+
+
+def cmd_data_show(args: argparse.Namespace) -> int:
+    return show_cmd(args.task, args.source, args.n)

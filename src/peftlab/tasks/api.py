@@ -1,0 +1,55 @@
+"""The contract between the runner and a task: what a task's hooks receive and must provide.
+
+A task is a YAML file (`peftlab.tasks.registry.TaskSpec`) plus a hooks module named by its `hooks:`
+key. The hooks module implements `TaskHooks`; the runner (after training) and `peftlab evaluate`
+(re-evaluation) both call its `evaluate` through `peftlab.runner.evaluate_step` with an
+`EvalContext`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
+
+from peftlab.config import EvalConfig
+
+if TYPE_CHECKING:
+    from peftlab.tasks.registry import TaskSpec
+
+log = logging.getLogger("peftlab")
+
+#: Subsamples are drawn with this seed for every method and seed, so comparisons are paired.
+DATA_SEED = 0
+
+
+@dataclass
+class EvalContext:
+    """What a task's `evaluate` hook receives: the model, the test records and how to score them."""
+
+    model: Any
+    tokenizer: Any
+    records: list[dict]  # the test split's records (already subsampled to limit_eval)
+    args: dict  # the task's resolved arguments
+    max_length: int
+    device: str
+    eval: EvalConfig
+    spec: Any  # the TaskSpec
+    method: str  # the method's name (the hooks must not depend on it for scoring)
+    source: str = "auto"  # where the run's data comes from: auto | hub | offline (extra splits use it too)
+    data_seed: int = DATA_SEED  # the seed of every subsample (paired across methods and seeds)
+    log: Callable[[str], None] = field(default=lambda msg: log.info(msg))
+
+
+@runtime_checkable
+class TaskHooks(Protocol):
+    """The two pieces of Python a task provides (its `hooks:` module).
+
+    `to_messages` is optional for `kind: lm` tasks (their records are raw text); chat tasks need it.
+    `evaluate` returns `{"metrics": {...}, "examples": n, ...}` and optionally `evaluations` (one per
+    decoding strategy), `samples` and `eval_tokens`.
+    """
+
+    def to_messages(self, spec: "TaskSpec", record: dict, args: dict, train: bool = True) -> list[dict]: ...
+
+    def evaluate(self, spec: "TaskSpec", ctx: EvalContext) -> dict: ...
