@@ -29,7 +29,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("peftlab.methods", "peftlab.tasks", "peftlab.train", "peftlab.evaluation", "peftlab.plan"),
     ("peftlab.data", "peftlab.models", "peftlab.measure", "peftlab.store"),
     ("peftlab.config", "peftlab.tasks.registry", "peftlab.tasks.api", "peftlab.paths", "peftlab.formatting",
-     "peftlab.status", "peftlab.files", "peftlab.logs", "peftlab"),
+     "peftlab.status", "peftlab.files", "peftlab.logs", "peftlab.numbers", "peftlab"),
 ]
 
 

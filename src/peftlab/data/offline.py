@@ -48,6 +48,7 @@ from typing import Callable, Collection, Iterable, Mapping, Sequence
 from peftlab.data import archives
 from peftlab.data.archives import PackagePin
 from peftlab.files import FileLock, atomic_open, atomic_write_text
+from peftlab.numbers import canonical_number
 from peftlab.paths import cache_dir
 from peftlab.tasks.registry import OfflineSource, TaskData, all_tasks
 
@@ -417,21 +418,13 @@ def _clean_option(option: str) -> str:
     return re.sub(r"\s*\.$", "", text).strip()
 
 
-def _canonical(value: Fraction, decimal_text: str | None) -> str:
-    """'42', '-3.5', '3/4': integers plain, decimals without trailing zeros, fractions reduced."""
-    if value.denominator == 1:
-        return str(value.numerator)
-    if decimal_text is not None:
-        return format(Decimal(decimal_text).normalize(), "f")
-    return f"{value.numerator}/{value.denominator}"
-
-
 def normalize_math_answer(option: str, question: str = "") -> str | None:
     """Canonical number for a MathQA option, or None when the option is not a plain number.
 
     Strips units and currency ('240 %' → '240', 'rs 1500' → '1500', '12.50 kg' → '12.5'),
-    reduces fractions ('4 / 10' → '2/5'), turns mixed numbers into fractions
-    ('1 [ 1 / 5 ]' → '6/5'), and rejects ratios ('1 : 2'), times ('12 noon'), algebra
+    writes every value in the one canonical form the math metric also uses
+    (`peftlab.numbers.canonical_number`: '4 / 10' → '0.4', '1 / 3' → '1/3', '1 [ 1 / 5 ]' → '1.2'),
+    and rejects ratios ('1 : 2'), times ('12 noon'), algebra
     ('3 z'), qualified amounts ('25 % loss', '$ 5 million') and compound units ('2 hr 40 min').
     """
     m = _ANSWER_RE.match(_clean_option(option))
@@ -443,23 +436,18 @@ def normalize_math_answer(option: str, question: str = "") -> str | None:
         if hint is None or not re.search(hint, question):
             return None
     try:
-        value, decimal_text = _option_value(m)
+        value = _option_value(m)
     except (ZeroDivisionError, InvalidOperation):
         return None
-    if m["sign"] and m["sign"].strip() == "-":
-        value = -value
-        decimal_text = None if decimal_text is None else "-" + decimal_text
-    return _canonical(value, decimal_text)
+    return canonical_number(-value if m["sign"] and m["sign"].strip() == "-" else value)
 
 
-def _option_value(m: re.Match) -> tuple[Fraction, str | None]:
-    """Exact value of a matched option, plus its decimal text when it was a plain decimal."""
+def _option_value(m: re.Match) -> Fraction:
+    """Exact value of a matched option."""
     if m["whole"] is not None:
-        return int(m["whole"]) + Fraction(int(m["mnum"]), int(m["mden"])), None
+        return int(m["whole"]) + Fraction(int(m["mnum"]), int(m["mden"]))
     num = Fraction(Decimal(m["num"]))
-    if m["den"] is not None:
-        return num / Fraction(Decimal(m["den"])), None
-    return num, (m["num"] if "." in m["num"] else None)
+    return num / Fraction(Decimal(m["den"])) if m["den"] is not None else num
 
 
 @converter("mathqa_numeric")

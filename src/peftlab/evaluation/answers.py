@@ -21,6 +21,8 @@ import re
 from fractions import Fraction
 from typing import Sequence
 
+from peftlab.numbers import canonical_number
+
 __all__ = [
     "extract_strict",
     "extract_flexible",
@@ -268,26 +270,6 @@ def parse_number(text: str | None, lenient: bool = True) -> Fraction | None:
         return None
 
 
-def _format_fraction(value: Fraction) -> str:
-    """Canonical text for a value: ``"1000"``, ``"-3.5"``, ``"0.75"``, or ``"1/3"``."""
-    if value.denominator == 1:
-        return str(value.numerator)
-    den = value.denominator
-    while den % 2 == 0:
-        den //= 2
-    while den % 5 == 0:
-        den //= 5
-    if den == 1:  # terminating decimal: print it exactly (no float rounding)
-        places = 0
-        while (value * 10**places).denominator != 1:
-            places += 1
-        scaled = abs(value.numerator * 10**places // value.denominator)
-        sign = "-" if value < 0 else ""
-        whole, frac = divmod(scaled, 10**places)
-        return f"{sign}{whole}.{frac:0{places}d}"
-    return f"{value.numerator}/{value.denominator}"
-
-
 def normalize_number(s: str | None) -> str | None:
     """Canonical string for the number an answer states, or None when there is none.
 
@@ -299,7 +281,7 @@ def normalize_number(s: str | None) -> str | None:
     Equal numbers map to the same string, so results can be compared or counted as text.
     """
     value = parse_number(s, lenient=True)
-    return None if value is None else _format_fraction(value)
+    return None if value is None else canonical_number(value)
 
 
 def _normalize_text_answer(text: str) -> str:
