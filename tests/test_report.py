@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 import sys
@@ -11,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from peftlab.report import aggregate, paired_compare, pareto_front, summarize, t_critical, write_report
-from peftlab.report.aggregate import betainc, t_cdf, winners
+from peftlab.report import aggregate, how_sure, pareto_front, summarize, winners, write_report
 from peftlab.report.tables import (
     fmt_mean_pm,
     human_bytes,
@@ -158,18 +158,12 @@ def group(agg, task, label, **grid):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("df, expected", [(1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262), (29, 2.045),
-                                          (60, 2.000), (1000, 1.962)])
-def test_t_quantiles(df, expected):
-    assert t_critical(df) == pytest.approx(expected, abs=1e-3)
+def test_no_hand_written_distributions():
+    """The Student-t / incomplete-beta code is gone: intervals come from scipy (via report/stats.py)."""
+    import peftlab.report.aggregate as agg_mod
 
-
-def test_t_cdf_and_betainc():
-    assert t_cdf(0.0, 5) == pytest.approx(0.5)
-    assert t_cdf(-2.0, 5) == pytest.approx(0.0509697, abs=1e-6)
-    assert t_cdf(2.0, 5) + t_cdf(-2.0, 5) == pytest.approx(1.0)
-    assert betainc(2.0, 3.0, 0.4) == pytest.approx(0.5248, abs=1e-4)  # I_0.4(2,3) = 0.5248
-    assert t_critical(4, 0.99) == pytest.approx(4.604, abs=1e-3)
+    for name in ("betainc", "t_cdf", "t_ppf", "t_critical", "_betacf", "paired_compare", "Paired"):
+        assert not hasattr(agg_mod, name), name
 
 
 def test_summarize_hand_computed():
@@ -224,50 +218,30 @@ def test_duplicate_seed_keeps_latest():
     assert any("several ok runs" in n for n in agg.notes)
 
 
-def test_paired_comparison(agg):
-    lora = group(agg, "lm", "lora", **{"lora.r": 8, "train.lr": 5e-4})
-    ia3 = group(agg, "lm", "ia3")
-    p = paired_compare(lora, ia3, "perplexity")
-    # diffs = [-3, -2.5, -3]: mean -17/6, sd = sqrt(1/12)
-    assert p.n == 3 and p.seeds == (0, 1, 2)
-    assert p.mean_diff == pytest.approx(-17 / 6)
-    hw = 4.302653 * math.sqrt(1 / 12) / math.sqrt(3)
-    assert p.ci_low == pytest.approx(-17 / 6 - hw, abs=1e-5)
-    assert p.ci_high == pytest.approx(-17 / 6 + hw, abs=1e-5)
-    assert p.excludes_zero and p.direction == "lower" and p.verdict == "better"
-    assert paired_compare(ia3, lora, "perplexity").verdict == "worse"
-    # flipping the declared direction flips the verdict
-    assert paired_compare(lora, ia3, "perplexity", direction="higher").verdict == "worse"
-    # dora shares only seeds 0 and 1 with full
-    full, dora = group(agg, "lm", "full"), group(agg, "lm", "dora")
-    q = paired_compare(dora, full, "perplexity")  # diffs [0.5, 0.5] → sd 0 → CI [0.5, 0.5]
-    assert q.n == 2 and q.mean_diff == pytest.approx(0.5) and q.verdict == "worse"
-    # full vs lora (4, 5e-4): diffs [-1, -1, -0.5] → CI covers 0? mean -0.833, sd 0.2887
-    r = paired_compare(full, group(agg, "lm", "lora", **{"lora.r": 4, "train.lr": 5e-4}), "perplexity")
-    assert r.excludes_zero  # hw = 0.717 < 0.833
-    base = group(agg, "lm", "base")
-    assert paired_compare(base, full, "perplexity").verdict == "n<2"  # one shared seed
-
-
-def test_paired_not_significant():
-    a = [make_result("sentiment", "full", s, v) for s, v in enumerate([0.80, 0.90, 0.70])]
-    b = [make_result("sentiment", "ia3", s, v) for s, v in enumerate([0.82, 0.85, 0.71])]
-    agg = aggregate(a + b)
-    p = paired_compare(group(agg, "sentiment", "full"), group(agg, "sentiment", "ia3"), "accuracy")
-    assert not p.excludes_zero and p.verdict == "n.s."
-
-
-def test_winners(agg):
+def test_seeds_only_comparisons(agg):
+    """Without per-example scores the per-seed values are paired, labelled, and 3 seeds never decide."""
     ws = {w.task: w for w in winners(agg)}
     lm = ws["lm"]
     assert lm.best.label == "lora" and lm.best.grid_dict == {"lora.r": 8, "train.lr": 5e-4}
-    assert lm.runner_up.label == "dora"  # dora mean 23.0 is the best other method (full 23.17)
-    assert lm.paired.n == 2 and lm.significant  # diffs [-2.5, -2.5] → zero-width CI below 0
+    assert not lm.per_example
+    by = {v.other.label: v for v in lm.others}
+    assert set(by) == {"dora", "full", "ia3", "base"}  # one comparison per other method, Holm over 4
+    assert lm.runner_up.label == "full"  # the closest other method (Δ = -2.17)
+    # dora shares seeds 0 and 1: per-seed differences [-2.5, -2.5] → zero width → no verdict
+    dora = by["dora"].comparison
+    assert dora.n_examples == 2 and dora.difference == pytest.approx(-2.5) and dora.degenerate
+    assert by["dora"].verdict == "not enough evidence"
+    # ia3: diffs [-3, -2.5, -3]; the t interval over 3 seeds excludes 0 but 3 seeds cannot give p < 0.05
+    ia3 = by["ia3"].comparison
+    assert ia3.difference == pytest.approx(-17 / 6) and ia3.hi < 0 and ia3.p_value >= 0.25
+    assert all(v.verdict == "not enough evidence" for v in lm.others) and not lm.resolved
+    # the deterministic base (one seed) is repeated on every seed of the family
+    assert by["base"].comparison.n_examples == 3
     sent = ws["sentiment"]
     assert sent.best.label == "lora" and sent.runner_up.label == "full"
-    # diffs [0.01, 0.02, 0.02]: mean 0.01667, hw = 4.303*0.005774/1.732 = 0.01434 → significant
-    assert sent.paired.mean_diff == pytest.approx(0.05 / 3)
-    assert sent.significant
+    assert sent.paired.comparison.difference == pytest.approx(0.05 / 3)
+    text = how_sure(lm)
+    assert "seeds only" in text and "3 seeds" in text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,7 +279,8 @@ def test_task_table_bold_best(agg):
     t = task_table(agg, "lm")
     md = to_markdown(t)
     assert "**21.0 ± 2.5**" in md  # lowest perplexity is the best
-    assert "30.00 (n=1)" in md  # base: one seed, no interval
+    assert "30.00 (det., seeds only)" in md  # base: one seed, no per-example scores: no interval
+    assert "21.0 ± 2.5** (3 seeds only)" in md
     assert "+1 failed" in md
     titles = [c.title for c in t.columns]
     ppl = titles.index("perplexity ↓ (primary)")
@@ -410,7 +385,8 @@ def test_summary_markdown(report):
     out, _ = report
     s = (out / "summary.md").read_text()
     assert s.startswith("# Synthetic comparison")
-    assert "## Findings" in s and "significantly better" in s
+    assert "## How sure?" in s and "significant" not in s.lower()
+    assert "seeds only (no per-example scores)" in s
     assert "**21.0 ± 2.5**" in s
 
 
@@ -490,3 +466,234 @@ def test_with_real_store(tmp_path, results):
     rows = list(csv.DictReader(written["tables/runs.csv"].open()))
     assert len(rows) == len(subset)
     assert "ia3" in (tmp_path / "out" / "summary.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-example scores (examples.jsonl): two-level intervals, paired comparisons, verdicts
+# ---------------------------------------------------------------------------------------------
+
+N_EX = 200
+
+
+def _accuracy_run(label: str, seed: int, correct: list[int], *, task: str = "sentiment",
+                  preds: list[int] | None = None, golds: list[int] | None = None) -> tuple[dict, list[dict]]:
+    """A result whose accuracy (percent) is the mean of per-example 0/100 scores, plus its example lines."""
+    values = [100.0 * c for c in correct]
+    acc = sum(values) / len(values)
+    r = make_result(task, label, seed, acc)
+    per_example = {"accuracy": "mean"}
+    lines = []
+    for i, v in enumerate(values):
+        vals: dict = {"accuracy": v}
+        if preds is not None:
+            vals["f1"] = [preds[i], golds[i]]
+        lines.append({"evaluation": "greedy", "id": f"ex{i}", "values": vals})
+    metrics = {"accuracy": acc}
+    if preds is not None:
+        tp = sum(1 for p, g in zip(preds, golds) if p == 1 and g == 1)
+        fp = sum(1 for p, g in zip(preds, golds) if p == 1 and g == 0)
+        fn = sum(1 for p, g in zip(preds, golds) if p == 0 and g == 1)
+        metrics["f1"] = 100.0 * 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+        per_example["f1"] = "f1"
+        r["metrics"]["f1"] = metrics["f1"]
+        r["metric_directions"]["f1"] = "higher"
+    r["per_example"] = dict(per_example)
+    r["evaluations"] = [{"name": "greedy", "metrics": metrics, "per_example": per_example}]
+    return r, lines
+
+
+def _draw(rng, p: float, n: int = N_EX) -> list[int]:
+    return [int(x) for x in (rng.random(n) < p)]
+
+
+def _write_store(root: Path, runs: list[tuple[dict, list[dict]]]) -> Path:
+    """A run store on disk: <root>/<run_id>/result.json and examples.jsonl, read through peftlab.store."""
+    store_mod = pytest.importorskip("peftlab.store")
+    store = store_mod.Store(root)
+    for r, lines in runs:
+        store.write_result(r)
+        (root / r["run_id"] / "examples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return root
+
+
+def _clear_store_runs() -> list[tuple[dict, list[dict]]]:
+    """lora clearly better than base (deterministic, run once) on 200 examples x 3 seeds."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    golds = [int(x) for x in rng.random(N_EX) < 0.5]
+    runs = []
+    base_correct = _draw(rng, 0.6)
+    base_preds = [g if c else 1 - g for g, c in zip(golds, base_correct)]
+    runs.append(_accuracy_run("base", 0, base_correct, preds=base_preds, golds=golds))
+    for seed in range(3):
+        c = _draw(rng, 0.85)
+        runs.append(_accuracy_run("lora", seed, c, preds=[g if k else 1 - g for g, k in zip(golds, c)], golds=golds))
+    for seed in range(3):  # prefix: predicts one class only (degenerate)
+        preds = [0] * N_EX
+        runs.append(_accuracy_run("prompt_tuning", seed, [int(p == g) for p, g in zip(preds, golds)],
+                                  preds=preds, golds=golds))
+    return runs
+
+
+@pytest.fixture(scope="module")
+def clear_store(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
+    root = _write_store(tmp_path_factory.mktemp("store"), _clear_store_runs())
+    from peftlab.report import write_report_from_store
+
+    out = root.parent / "out"
+    return out, write_report_from_store(root, out)
+
+
+def _examples_of(runs):
+    ex: dict = {}
+    for r, lines in runs:
+        for x in lines:
+            ex.setdefault(r["run_id"], {}).setdefault(x["evaluation"], {})[x["id"]] = x["values"]
+    return ex
+
+
+def test_clear_winner_is_better_with_holm(clear_store):
+    runs = _clear_store_runs()
+    agg = aggregate([r for r, _ in runs], _examples_of(runs))
+    [w] = winners(agg)
+    assert w.best.label == "lora" and w.per_example
+    by = {v.other.label: v for v in w.others}
+    assert by["base"].verdict == "better" and by["base"].p_adjusted < 0.05
+    assert by["base"].comparison.n_seeds == 3 and by["base"].comparison.n_examples == N_EX
+    assert len(w.others) == 2  # Holm over the family of two comparisons
+    out, written = clear_store
+    rows = list(csv.DictReader((out / "tables/winners.csv").open()))
+    [row] = [r for r in rows if r["other"] == "base"]
+    assert row["verdict"] == "better" and float(row["p_holm"]) < 0.05 and row["pairing"] == "per-example"
+    assert float(row["diff_ci_low"]) > 0
+    page = (out / "report.html").read_text()
+    assert "significant" not in page.lower() and "significant" not in (out / "summary.md").read_text().lower()
+    assert "How sure?" in page and "3 seeds × 200 examples" in page
+
+
+def test_base_is_deterministic_with_example_interval(clear_store):
+    runs = _clear_store_runs()
+    agg = aggregate([r for r, _ in runs], _examples_of(runs))
+    base = group(agg, "sentiment", "base")
+    st = base.metrics["accuracy"]
+    assert st.deterministic and st.n == 1 and st.n_examples == N_EX
+    assert st.half_width > 3  # binomial SE at p=0.6, n=200 is ~3.5 points: not "± 0"
+    assert 0 <= st.ci_low < st.mean < st.ci_high <= 100
+    md = (clear_store[0] / "summary.md").read_text()
+    assert "det.×200" in md and "3×200" in md
+    # the same base under three seeds with identical per-example values stays deterministic
+    [(b, lines)] = [x for x in runs if x[0]["label"] == "base"]
+    more = []
+    for seed in range(3):
+        r = dict(b, seed=seed, run_id=f"base-s{seed}")
+        more.append((r, lines))
+    agg3 = aggregate([r for r, _ in more], _examples_of(more))
+    st3 = agg3.groups[0].metrics["accuracy"]
+    assert st3.deterministic and st3.n == 1 and st3.half_width == pytest.approx(st.half_width)
+
+
+def test_equal_pair_is_never_better_or_worse():
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    runs = [_accuracy_run(label, s, _draw(rng, 0.7)) for label in ("lora", "ia3") for s in range(3)]
+    agg = aggregate([r for r, _ in runs], _examples_of(runs))
+    [w] = winners(agg)
+    [v] = w.others
+    assert v.verdict == "not enough evidence"
+    text = how_sure(w)
+    assert "3 seeds × 200 examples" in text and "Not resolved" in text
+    assert "more test examples" in text or "more seeds" in text or "tie margin" in text
+
+
+def test_issue_degenerate_case_is_never_better():
+    """A = [81, 83], B = [80, 82] with identical per-example differences: no verdict."""
+    runs = []
+    for seed, (a, b) in enumerate([(81.0, 80.0), (83.0, 82.0)]):
+        for label, m in (("lora", a), ("ia3", b)):
+            spread = [m - 10 + 20 * (i % 2) for i in range(N_EX)]  # mean m, differences all +1
+            r = make_result("sentiment", label, seed, m)
+            r["metrics"] = {"accuracy": m}
+            r["per_example"] = {"accuracy": "mean"}
+            r["evaluations"] = [{"name": "greedy", "metrics": {"accuracy": m}, "per_example": {"accuracy": "mean"}}]
+            runs.append((r, [{"evaluation": "greedy", "id": i, "values": {"accuracy": v}} for i, v in enumerate(spread)]))
+    agg = aggregate([r for r, _ in runs], _examples_of(runs))
+    [w] = winners(agg)
+    assert w.per_example and w.others[0].verdict == "not enough evidence" and w.others[0].comparison.degenerate
+    # seeds only (no per-example scores): still never "better"
+    agg0 = aggregate([r for r, _ in runs])
+    [w0] = winners(agg0)
+    assert not w0.per_example and w0.others[0].verdict == "not enough evidence"
+    assert "seeds only" in how_sure(w0)
+
+
+def test_degenerate_runs_flagged(clear_store):
+    runs = _clear_store_runs()
+    agg = aggregate([r for r, _ in runs], _examples_of(runs))
+    pt = group(agg, "sentiment", "prompt_tuning")
+    assert any("constant predictions" in x for x in pt.degenerate)
+    assert not group(agg, "sentiment", "lora").degenerate
+    md = to_markdown(task_table(agg, "sentiment"))
+    assert "⚠ degenerate" in md
+    # identical to base on every per-example score
+    [(b, lines)] = [x for x in runs if x[0]["label"] == "base"]
+    twin = dict(b, label="ia3", method="ia3", run_id="ia3-twin", curves={})
+    agg2 = aggregate([b, twin], {b["run_id"]: _examples_of([(b, lines)])[b["run_id"]],
+                                 "ia3-twin": _examples_of([(b, lines)])[b["run_id"]]})
+    assert any("identical to base" in x for x in group(agg2, "sentiment", "ia3").degenerate)
+    # loss never fell
+    flat = dict(make_result("lm", "ia3", 0, 20.0), curves={"train_loss": [[1, 2.0], [2, 2.1], [3, 2.05]]})
+    assert any("loss never fell" in x for x in aggregate([flat]).groups[0].degenerate)
+    page = (clear_store[0] / "report.html").read_text()
+    assert "degenerate" in page
+
+
+def test_intervals_and_error_bars_stay_in_range():
+    from peftlab.report.plots import yerr
+
+    runs = [_accuracy_run("lora", s, [1] * (N_EX - 1) + [0]) for s in range(3)]  # 99.5 %
+    agg = aggregate([r for r, _ in runs], _examples_of(runs))
+    st = agg.groups[0].metrics["accuracy"]
+    assert st.ci_high <= 100 and st.ci_low >= 0 and st.n_examples == N_EX
+    below, above = yerr(st)
+    assert st.mean + above[0] <= 100 + 1e-9 and st.mean - below[0] >= -1e-9
+    # seeds only: a t interval over two seeds that would leave [0, 100] is clipped too
+    far = [make_result("sentiment", "lora", s, v) for s, v in enumerate([60.0, 99.0])]
+    st2 = aggregate(far).groups[0].metrics["accuracy"]
+    assert st2.n_examples is None and st2.ci_high <= 100 and "seeds only" in st2.sample_size
+
+
+def test_how_sure_paragraph_names_sample_sizes(clear_store):
+    runs = _clear_store_runs()
+    agg = aggregate([r for r, _ in runs], _examples_of(runs))
+    [w] = winners(agg)
+    text = how_sure(w)
+    assert "3 seeds × 200 examples" in text and "better than base" in text and "Holm p" in text
+    s = (clear_store[0] / "summary.md").read_text()
+    assert "## How sure?" in s and "3 seeds × 200 examples" in s
+
+
+def test_perplexity_from_per_example_nll():
+    """[nll_sum, n_tokens] per example, statistic "perplexity": lower is better, interval stays >= 1."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    runs = []
+    for label, scale in (("lora", 0.9), ("base", 1.2)):
+        for seed in range(3 if label == "lora" else 1):
+            toks = rng.integers(20, 60, N_EX)
+            nll = toks * (scale + 0.1 * rng.standard_normal(N_EX))
+            ppl = float(np.exp(nll.sum() / toks.sum()))
+            r = make_result("lm", label, seed, ppl)
+            r["metrics"] = {"perplexity": ppl}
+            r["per_example"] = {"perplexity": "perplexity"}
+            r["evaluations"] = [{"name": "loglik", "metrics": {"perplexity": ppl}, "per_example": {"perplexity": "perplexity"}}]
+            lines = [{"evaluation": "loglik", "id": i, "values": {"perplexity": [float(a), float(b)]}}
+                     for i, (a, b) in enumerate(zip(nll, toks))]
+            runs.append((r, lines))
+    agg = aggregate([r for r, _ in runs], _examples_of(runs))
+    st = group(agg, "lm", "base").metrics["perplexity"]
+    assert st.deterministic and st.n_examples == N_EX and st.ci_low >= 1 and st.half_width > 0
+    [w] = winners(agg)
+    assert w.best.label == "lora" and w.others[0].verdict == "better"

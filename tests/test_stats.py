@@ -403,3 +403,23 @@ def test_simulated_single_configuration_interval_covers_the_truth(name):
     coverage = 100 * covered / REPS_ESTIMATE
     print(f"{name}: coverage of one configuration {coverage:.1f}%")
     assert 93.0 <= coverage <= 97.0
+
+
+# ---------------------------------------------------------------------------------- named statistics
+
+
+def test_ratio_and_named_statistics_of_per_example_values():
+    """The names a result's `per_example` mapping uses (docs/contracts.md, "Per-example scores")."""
+    from peftlab.report import stats as st
+
+    pairs = np.array([[[3.0, 2.0], [1.0, 2.0], [0.0, 0.0]]])  # (seeds, examples, [num, den])
+    assert st.ratio(pairs)[0] == pytest.approx(1.0)
+    assert st.named_statistic("ratio")(pairs)[0] == pytest.approx(1.0)
+    assert st.named_statistic("perplexity")(pairs)[0] == pytest.approx(np.e)
+    labels = np.array([[[1, 1], [1, 0], [0, 1], [0, 0]]], dtype=float)  # [pred, gold]
+    assert st.named_statistic("f1")(labels)[0] == pytest.approx(50.0)
+    assert st.named_statistic("precision")(labels)[0] == pytest.approx(50.0)
+    assert st.named_statistic("recall")(labels)[0] == pytest.approx(50.0)
+    assert st.named_statistic("mean")(np.array([[[100.0], [0.0]]]))[0] == 50.0
+    with pytest.raises(ValueError, match="unknown statistic 'median'"):
+        st.named_statistic("median")

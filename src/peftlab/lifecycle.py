@@ -221,6 +221,11 @@ def evaluate_run(run: str, decoding: str, store: str | Path = "runs", limit_eval
                  device: str | None = None, allow_code_execution: bool = False) -> list[dict]:
     """Evaluate a finished run's adapter under `decoding` and record it in the run's result.json.
 
+    The new evaluations' per-example scores go into the run's examples.jsonl (atomically, before
+    result.json is rewritten): under their decoding's name, or `<name>@<evaluated_at>` when an
+    evaluation the result keeps already uses that name; an exact re-evaluation replaces the lines of
+    the one it replaces.
+
     Tasks that execute model-written code (the `code` task unless `execute: false`) need the
     opt-in of *this* call: `allow_code_execution` (the command's `--allow-code-execution`) or
     `PEFTLAB_ALLOW_CODE_EXECUTION=1`. The `eval.allow_code_execution` stored in the run's config
@@ -275,12 +280,58 @@ def evaluate_run(run: str, decoding: str, store: str | Path = "runs", limit_eval
         raise RuntimeError(f"run {ref.run_dir.name} is being run by another process; try again when it finishes")
     try:
         result = db.read_run_result(ref.run_dir.name) or RunResult.from_dict(ref.result)
-        kept = [e for e in result.evaluations or [] if not any(_same_evaluation(e, n) for n in new)]
+        old = result.evaluations or []
+        kept = [e for e in old if not any(_same_evaluation(e, n) for n in new)]
+        replaced = [e for e in old if any(_same_evaluation(e, n) for n in new)]
+        lines, names = _example_lines(evaluation, new, result, kept, replaced, stamp)
+        if lines:
+            from peftlab.result import EXAMPLES_FILE
+
+            db.write_examples(ref.run_dir.name, lines, replace=names)
+            result.examples_file = EXAMPLES_FILE
         result.evaluations = kept + new
         db.write_result(result)
     finally:
         lock.release()
     return new
+
+
+def _sources(entry: Any) -> set[str]:
+    if not isinstance(entry, dict):
+        return set()
+    sources = entry.get("per_example_source")
+    return {v for v in sources.values() if isinstance(v, str)} if isinstance(sources, dict) else set()
+
+
+def _example_lines(evaluation: dict, new: list[dict], result: Any, kept: list, replaced: list,
+                   stamp: str) -> tuple[list[dict], set[str]]:
+    """(examples.jsonl lines of the new evaluations, the names whose old lines they replace).
+
+    A new score set keeps its name unless the result still points at lines of that name (its own
+    metrics or an evaluation it keeps); then it becomes `<name>@<stamp>`. The new entries'
+    `per_example_source` are renamed to match.
+    """
+    from peftlab.runner import example_lines
+
+    taken = _sources({"per_example_source": result.per_example_source or {}})
+    for entry in kept:
+        taken |= _sources(entry) | ({entry["name"]} if isinstance(entry, dict) and entry.get("name") else set())
+    wanted = set().union(*(_sources(e) for e in new))
+    rename: dict[str, str] = {}
+    for name in sorted(wanted):
+        target, n = name, 1
+        while target in taken:
+            n += 1
+            target = f"{name}@{stamp}" + (f"#{n - 1}" if n > 2 else "")
+        rename[name] = target
+        taken.add(target)
+    for entry in new:
+        if isinstance(entry.get("per_example_source"), dict):
+            entry["per_example_source"] = {m: rename.get(s, s) for m, s in entry["per_example_source"].items()}
+    sets = {"scores": [ss for ss in evaluation.get("scores") or [] if ss["evaluation"] in wanted]}
+    still = _sources({"per_example_source": result.per_example_source or {}}).union(*(_sources(e) for e in kept))
+    stale = set().union(*(_sources(e) for e in replaced)) - still
+    return example_lines(sets, rename), set(rename.values()) | stale
 
 
 def _same_evaluation(a: dict, b: dict) -> bool:

@@ -28,7 +28,12 @@ SCHEMA_VERSION = 1
 TERMINAL = (RunStatus.OK, RunStatus.FAILED, RunStatus.DIVERGED, RunStatus.CANCELLED)
 STATUSES = (*TERMINAL, RunStatus.RUNNING)
 REQUIRED_FIELDS = ("run_id", "status")
-OBJECT_FIELDS = ("metrics", "metric_directions", "cost", "grid", "train", "curves", "data", "provenance")
+OBJECT_FIELDS = ("metrics", "metric_directions", "per_example", "per_example_source", "cost", "grid", "train", "curves",
+                 "data", "provenance")
+#: Fields written only when set (absent from older results and from runs without per-example scores).
+OPTIONAL_FIELDS = ("pid", "per_example", "per_example_source", "examples_file")
+#: The run directory's file of per-example scores (docs/contracts.md, "Per-example scores").
+EXAMPLES_FILE = "examples.jsonl"
 LIST_FIELDS = ("evaluations",)
 
 
@@ -104,6 +109,10 @@ class RunResult:
     metric_directions: dict | None = field(default_factory=dict)  # {name: "higher" | "lower"}
     primary_metric: str | None = None
     evaluations: list | None = field(default_factory=list)  # one per decoding strategy evaluated
+    # per-example scores of the run's `metrics` (each `evaluations` entry has its own two keys):
+    per_example: dict | None = None  # {metric: stats.py statistic that reproduces it from its values}
+    per_example_source: dict | None = None  # {metric: the `evaluation` of its lines in examples_file}
+    examples_file: str | None = None  # "examples.jsonl" (in the run directory) once it is written
     cost: dict | None = field(default_factory=dict)
     curves: dict | None = field(default_factory=dict)
     data: dict | None = field(default_factory=dict)
@@ -148,7 +157,7 @@ class RunResult:
         Values are the fields themselves (not copies); `status` is its plain text."""
         out: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
         for name, value in self._fields().items():
-            if name == "pid" and value is None:
+            if name in OPTIONAL_FIELDS and value is None:
                 continue
             out[name] = value.value if isinstance(value, RunStatus) else value
         for name, value in self.extra.items():
@@ -173,4 +182,4 @@ class RunResult:
 
 
 __all__ = ["RunResult", "InvalidResult", "validate_result", "json_default", "SCHEMA_VERSION", "STATUSES",
-           "TERMINAL", "REQUIRED_FIELDS", "OBJECT_FIELDS"]
+           "TERMINAL", "REQUIRED_FIELDS", "OBJECT_FIELDS", "OPTIONAL_FIELDS", "EXAMPLES_FILE"]

@@ -31,7 +31,7 @@ from peftlab.evaluation.metrics import direction_of
 from peftlab.measure import count_parameters, peak_flops, provenance, training_flops
 from peftlab.methods import ApplyContext, get_method
 from peftlab.models import default_device, load_model, load_tokenizer, resolve_path, torch_dtype
-from peftlab.result import RunResult
+from peftlab.result import EXAMPLES_FILE, RunResult
 from peftlab.status import RunStatus
 from peftlab.store import RunLock, Store, StoreError, now
 from peftlab.tasks import get_task
@@ -204,6 +204,7 @@ def _execute(rc: RunConfig, store: Store, result: RunResult, progress: Any, cach
     result.metric_directions = {k: d for k in evaluation["metrics"] if (d := direction_of(k, spec.metrics))}
     if evaluation.get("samples"):
         _write_samples(store.run_dir(result.run_id), evaluation["samples"])
+    record_examples(store, result, evaluation)
     problem = check_evaluation(result.metrics, result.evaluations, vocab_size(model, tokenizer))
     if problem:
         raise Diverged(problem)
@@ -226,6 +227,26 @@ def evaluate_step(rc: RunConfig, spec: Any, model: Any, tokenizer: Any, records:
     model.eval()
     evaluation = spec.module.evaluate(spec, ctx)
     return evaluation, time.perf_counter() - t0
+
+
+def example_lines(evaluation: dict, names: dict[str, str] | None = None) -> list[dict]:
+    """The examples.jsonl lines of an evaluation's score sets (`names` renames score sets)."""
+    from peftlab.tasks.common import example_lines as lines
+
+    names = names or {}
+    return lines([{**ss, "evaluation": names.get(ss["evaluation"], ss["evaluation"])}
+                  for ss in evaluation.get("scores") or []])
+
+
+def record_examples(store: Store, result: RunResult, evaluation: dict) -> None:
+    """Write the run's per-example scores (examples.jsonl, atomically, the whole file) and point the result at
+    them (`per_example`, `per_example_source`, `examples_file`); before the result says `ok`."""
+    if not evaluation.get("scores"):
+        return
+    store.write_examples(result.run_id, example_lines(evaluation))
+    result.per_example = dict(evaluation.get("per_example") or {}) or None
+    result.per_example_source = dict(evaluation.get("per_example_source") or {}) or None
+    result.examples_file = EXAMPLES_FILE
 
 
 def vocab_size(model: Any, tokenizer: Any = None) -> int | None:

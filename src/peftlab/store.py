@@ -54,7 +54,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import yaml
 
 from peftlab import files
-from peftlab.result import InvalidResult, RunResult, json_default, validate_result
+from peftlab.result import EXAMPLES_FILE, InvalidResult, RunResult, json_default, validate_result
 from peftlab.status import RunStatus
 
 INDEX_COLUMNS = ("run_id", "experiment", "sweep_id", "label", "method", "task", "model", "seed", "status",
@@ -150,6 +150,30 @@ def _warn(path: Path, problem: str) -> None:
         return
     _WARNED.add((str(path), problem))
     log.warning("%s %s; treated as a run without a result (a sweep re-runs it)", path, problem)
+
+
+def _warn_examples(path: Path, problem: str) -> None:
+    if (str(path), problem) in _WARNED:
+        return
+    _WARNED.add((str(path), problem))
+    log.warning("%s %s; no per-example scores for this run", path, problem)
+
+
+def parse_examples(text: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """`{evaluation: {id: {metric: value}}}` from examples.jsonl's text; ValueError naming the bad line."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            line = json.loads(raw)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise ValueError(f"line {number} is not JSON: {exc}") from exc
+        if (not isinstance(line, dict) or not isinstance(line.get("evaluation"), str)
+                or not isinstance(line.get("id"), str) or not isinstance(line.get("values"), dict)):
+            raise ValueError(f"line {number} is not an object with a string evaluation and id and object values")
+        out.setdefault(line["evaluation"], {})[line["id"]] = line["values"]
+    return out
 
 
 def _file_key(st: os.stat_result) -> FileKey:
@@ -432,6 +456,55 @@ class Store:
             _warn(path, problem)
             return None, problem, key
         return result, None, key
+
+    # ------------------------------------------------------------------------------ per-example scores
+    def read_examples(self, run_id: str) -> dict[str, dict[str, dict[str, Any]]]:
+        """The run's per-example scores, `{evaluation: {example id: {metric: value}}}` (examples.jsonl).
+
+        Read-only and never fatal: a missing file (a failed run, or one recorded before per-example
+        scores were kept) gives {}; an unreadable or malformed one (a line that is not an object
+        with a string `evaluation` and `id` and an object `values`) gives {} and one warning naming
+        the path. A later line for the same (evaluation, id) wins.
+        """
+        path = self.run_dir(run_id) / EXAMPLES_FILE
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        except (OSError, UnicodeDecodeError) as exc:
+            _warn_examples(path, f"cannot be read ({_reason(exc)})")
+            return {}
+        try:
+            return parse_examples(text)
+        except ValueError as exc:
+            _warn_examples(path, f"is malformed ({exc})")
+            return {}
+
+    def write_examples(self, run_id: str, lines: list[dict], replace: Any = None) -> None:
+        """Write the run's examples.jsonl atomically: `lines` only (`replace` None), or the file's lines of
+        other evaluations than those in `replace` followed by `lines` (a re-evaluation). Lines of the
+        file that cannot be read are dropped with a warning; write failures raise `StoreWriteError`."""
+        path = self.run_dir(run_id) / EXAMPLES_FILE
+        kept: list[str] = []
+        if replace is not None and path.exists():
+            names = set(replace)
+            try:
+                parse_examples(path.read_text(encoding="utf-8"))  # refuse to carry garbage over
+                for raw in path.read_text(encoding="utf-8").splitlines():
+                    if raw.strip() and json.loads(raw)["evaluation"] not in names:
+                        kept.append(raw)
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                _warn_examples(path, f"could not be kept ({exc}); rewritten with the new evaluation only")
+                kept = []
+        new = [json.dumps(line, default=json_default, allow_nan=True) for line in lines]
+        try:
+            with files.atomic_open(path, "w") as fh:
+                for raw in kept + new:
+                    fh.write(raw + "\n")
+        except OSError as exc:
+            if isinstance(exc, StoreWriteError):
+                raise
+            raise StoreWriteError(path, exc) from exc
 
     def read_result(self, run_id: str) -> dict | None:
         """The run's result, or None when it has none or an unusable one (warned, naming the file)."""

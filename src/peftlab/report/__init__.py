@@ -4,20 +4,20 @@ Input is only the list of result dicts defined in docs/contracts.md ("Result"); 
 imports training or evaluation code, so a report can be (re)built anywhere from stored results.
 """
 
-from .aggregate import Aggregate, Group, Paired, Stats, aggregate, paired_compare, summarize, t_critical
+from .aggregate import Aggregate, Group, Stats, Winner, aggregate, how_sure, summarize, winners
 from .build import write_report, write_report_from_store
 from .pareto import pareto_front
 
 __all__ = [
     "Aggregate",
     "Group",
-    "Paired",
     "Stats",
     "aggregate",
-    "paired_compare",
     "pareto_front",
     "summarize",
-    "t_critical",
+    "Winner",
+    "how_sure",
+    "winners",
     "write_report",
     "write_report_from_store",
 ]

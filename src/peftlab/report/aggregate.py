@@ -1,119 +1,57 @@
-"""Turn raw result dicts into per-configuration statistics over seeds.
+"""Turn raw result dicts into per-configuration statistics over seeds *and* test examples.
 
-The report never trusts a single seed: every number it shows is a mean over the seeds of one
-configuration (task, model, label, grid coordinates) with a Student-t confidence interval, and
-every claim that one method beats another is a paired test over the seeds both share. Only
-``status == "ok"`` runs feed the numbers; failed/diverged/cancelled runs are counted and listed
-so a method that "wins" because its bad seeds crashed is visible as such.
+Every number the report shows is the mean over the seeds of one configuration (task, model,
+label, grid coordinates) with an interval from :func:`peftlab.report.stats.estimate`: when the runs
+kept per-example scores (``<run_dir>/examples.jsonl``), a two-level interval over seeds x examples,
+clipped to the metric's range; otherwise, for older runs, an interval over the per-seed values only,
+labelled "seeds only (no per-example scores)". A configuration of method ``base`` is deterministic:
+it is scored once and paired with every seed of the others (if it was run under several seeds, it is
+treated as deterministic when its per-example values are identical across them).
 
-Everything here is pure Python + ``math`` so the report works without scipy.
+Claims that one method beats another are paired comparisons (:func:`stats.compare_to_best`, Holm
+over the family of comparisons with the winner) on the shared seeds and examples, with the verdict
+words "better", "worse", "tied", "not enough evidence". Only ``status == "ok"`` runs feed the
+numbers; failed/diverged/cancelled runs are counted and listed so a method that "wins" because its
+bad seeds crashed is visible as such. Degenerate runs (constant predictions, identical to base, a
+loss that never fell) are flagged via :func:`stats.degenerate_reasons`, not silently ranked.
+
+The machinery is numpy + scipy (through ``stats``); nothing here hand-rolls a distribution.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from pathlib import Path
 from typing import Any, Iterable, Sequence
+
+import numpy as np
+from scipy import stats as _sps
 
 from peftlab.evaluation.metrics import direction_of
 
-# ---------------------------------------------------------------------------------------------
-# Student t distribution (regularized incomplete beta, no scipy)
-# ---------------------------------------------------------------------------------------------
-
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction for I_x(a, b) (modified Lentz); converges fast for x < (a+1)/(a+b+2)."""
-    tiny = 1e-300
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 10_000):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < 1e-15:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta I_x(a, b); the building block of the t CDF."""
-    if not 0.0 <= x <= 1.0:
-        raise ValueError(f"x must be in [0, 1], got {x}")
-    if x in (0.0, 1.0):
-        return x
-    log_front = (
-        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    )
-    front = math.exp(log_front)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
-def t_cdf(t: float, df: float) -> float:
-    """P(T <= t) for Student's t with ``df`` degrees of freedom."""
-    if df <= 0:
-        raise ValueError("df must be positive")
-    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t >= 0 else tail
-
-
-@lru_cache(maxsize=1024)
-def t_ppf(p: float, df: float) -> float:
-    """Inverse t CDF by bracketing + bisection: exact to ~1e-12, cheap enough to cache per df."""
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"p must be in (0, 1), got {p}")
-    if p == 0.5:
-        return 0.0
-    if p < 0.5:
-        return -t_ppf(1.0 - p, df)
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < p:
-        lo, hi = hi, hi * 2.0
-        if hi > 1e12:
-            return math.inf
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-12 * max(1.0, hi):
-            break
-    return 0.5 * (lo + hi)
-
-
-def t_critical(df: float, confidence: float = 0.95) -> float:
-    """Two-sided critical value, e.g. 12.706 for df=1 at 95 %."""
-    return t_ppf(0.5 + confidence / 2.0, df)
-
+from . import stats as st
 
 # ---------------------------------------------------------------------------------------------
 # Summary statistics
 # ---------------------------------------------------------------------------------------------
 
 CONFIDENCE = 0.95
+SEEDS_ONLY = "seeds only (no per-example scores)"
 
 
 @dataclass(frozen=True)
 class Stats:
-    """Mean over seeds with sample std (ddof=1) and a t interval; interval is None when n == 1."""
+    """A configuration's number: mean over seeds, its interval and the sample size behind it.
+
+    ``n`` is the number of seeds (1 for a deterministic run), ``n_examples`` the number of test
+    examples behind each seed's value (None: the interval uses the per-seed values only, "seeds
+    only"). ``ci_low``/``ci_high`` are None when no interval can be measured (one value, seeds only).
+    ``estimate`` is the full :class:`stats.Estimate` when per-example scores were used.
+    """
 
     n: int
     mean: float
@@ -121,27 +59,168 @@ class Stats:
     ci_low: float | None
     ci_high: float | None
     values: tuple[float, ...] = ()
+    n_examples: int | None = None
+    deterministic: bool = False
+    estimate: st.Estimate | None = None
 
     @property
     def half_width(self) -> float | None:
-        """CI half-width, the ``±`` number in tables."""
+        """Half the interval's width (the ``±`` number when the interval is symmetric)."""
         if self.ci_low is None or self.ci_high is None:
             return None
         return (self.ci_high - self.ci_low) / 2.0
 
+    @property
+    def symmetric(self) -> bool:
+        """False when the interval was clipped to the metric's range (then show [lo, hi], not ±)."""
+        if self.ci_low is None or self.ci_high is None:
+            return True
+        up, down = self.ci_high - self.mean, self.mean - self.ci_low
+        return math.isclose(up, down, rel_tol=1e-6, abs_tol=1e-12 * max(1.0, abs(self.mean)))
 
-def summarize(values: Sequence[float], confidence: float = CONFIDENCE) -> Stats | None:
-    """Mean, std (ddof=1) and Student-t CI; None for no values, no interval for a single value."""
+    @property
+    def per_example(self) -> bool:
+        return self.n_examples is not None
+
+    @property
+    def sample_size(self) -> str:
+        """'3 seeds × 200 examples', 'deterministic × 200 examples' or '3 seeds only (no per-example scores)'."""
+        seeds = "deterministic" if self.deterministic else f"{self.n} seed{'s' * (self.n != 1)}"
+        if self.n_examples is None:
+            return f"{seeds}, {SEEDS_ONLY}"
+        return f"{seeds} × {self.n_examples} examples"
+
+    @property
+    def short_size(self) -> str:
+        """Compact sample size for table cells: '3×200', 'det.×200', '3 seeds only'."""
+        seeds = "det." if self.deterministic else str(self.n)
+        if self.n_examples is None:
+            return "det., seeds only" if self.deterministic else f"{self.n} seed{'s' * (self.n != 1)} only"
+        return f"{seeds}×{self.n_examples}"
+
+
+def summarize(values: Sequence[float], confidence: float = CONFIDENCE,
+              metric_range: tuple[float, float] | None = None, deterministic: bool = False) -> Stats | None:
+    """Seeds only: mean, std (ddof=1) and a t interval over the per-seed values (scipy), clipped to
+    ``metric_range``; None for no values, no interval for a single value (or a deterministic run)."""
     vals = [float(v) for v in values]
     n = len(vals)
     if n == 0:
         return None
     mean = math.fsum(vals) / n
-    if n == 1:
-        return Stats(1, mean, None, None, None, tuple(vals))
+    if n == 1 or deterministic:
+        return Stats(1 if deterministic else n, mean, None, None, None, tuple(vals), deterministic=deterministic)
     std = math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / (n - 1))
-    half = t_critical(n - 1, confidence) * std / math.sqrt(n)
-    return Stats(n, mean, std, mean - half, mean + half, tuple(vals))
+    half = float(_sps.t.ppf(0.5 + confidence / 2.0, n - 1)) * std / math.sqrt(n)
+    lo, hi = mean - half, mean + half
+    if metric_range is not None:
+        lo, hi = min(max(lo, metric_range[0]), metric_range[1]), max(min(hi, metric_range[1]), metric_range[0])
+    return Stats(n, mean, std, lo, hi, tuple(vals))
+
+
+def from_estimate(e: st.Estimate) -> Stats:
+    """Stats of a per-example :class:`stats.Estimate` (two-level interval, clipped to the metric range)."""
+    per_seed = tuple(e.per_seed)
+    std = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None
+    return Stats(e.n_seeds, e.value, std, e.lo, e.hi, per_seed, n_examples=e.n_examples,
+                 deterministic=e.deterministic, estimate=e)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-example scores: statistics, ranges, reading examples.jsonl
+# ---------------------------------------------------------------------------------------------
+
+_FACTORIES = {"f1", "precision", "recall"}
+_BOUNDED_TOKENS = {"accuracy", "acc", "em", "exact", "match", "f1", "pass", "precision", "recall", "rouge",
+                   "rougel", "jaccard", "bleu", "correct", "rate"}
+
+
+def statistic_for(name: str | None) -> st.Statistic | None:
+    """The stats.py statistic a result names in ``per_example`` ("mean", "f1", "perplexity", "ratio", ...);
+    None when stats.py does not know it."""
+    if not name:
+        return None
+    named = getattr(st, "named_statistic", None)
+    if callable(named):
+        try:
+            return named(name)
+        except ValueError:
+            return None
+    if name.startswith("_") or name not in getattr(st, "__all__", ()):
+        return None
+    obj = getattr(st, name, None)
+    if not callable(obj) or isinstance(obj, type):
+        return None
+    return obj() if name in _FACTORIES else obj
+
+
+def metric_range(metric: str, statistic: str | None, values: Iterable[float] = ()) -> tuple[float, float] | None:
+    """The range a metric cannot leave: (0, 100) for F1/precision/recall, [1, inf) for perplexity,
+    (0, 1) or (0, 100) for accuracy-like means (whichever the values live on); None if unknown."""
+    name = metric.lower()
+    if statistic in _FACTORIES:
+        return (0.0, 100.0)
+    if statistic == "perplexity" or "perplexity" in name:
+        return (1.0, math.inf)
+    if statistic == "ratio":  # loss = nll / tokens, bits per byte: never negative
+        return (0.0, math.inf)
+    tokens = set(name.replace("@", "_").replace("-", "_").replace(".", "_").split("_"))
+    if tokens & _BOUNDED_TOKENS or name.startswith(("pass", "rouge")):
+        vals = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(float(v))]
+        if vals and min(vals) >= 0:
+            if max(vals) <= 1:
+                return (0.0, 1.0)
+            if max(vals) <= 100:
+                return (0.0, 100.0)
+    return None
+
+
+ExampleScores = dict[str, dict[Any, dict[str, Any]]]  # {evaluation: {example id: {metric: value}}}
+ExampleLoader = Callable[[str], ExampleScores]
+
+
+def read_examples_file(path: str | Path) -> ExampleScores:
+    """``examples.jsonl`` → ``{evaluation: {id: {metric: value}}}`` ({} when missing; bad lines skipped)."""
+    out: ExampleScores = {}
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError):
+        return out
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(rec, dict) or not isinstance(rec.get("values"), dict) or "id" not in rec:
+            continue
+        ex_id = rec["id"]
+        ex_id = json.dumps(ex_id, sort_keys=True) if isinstance(ex_id, (list, dict)) else ex_id
+        out.setdefault(str(rec.get("evaluation") or "eval"), {}).setdefault(ex_id, {}).update(rec["values"])
+    return out
+
+
+def store_examples_loader(store: Any) -> ExampleLoader:
+    """Per-example scores of a run from a store: ``Store.read_examples`` when it exists, else the run
+    directory's ``examples.jsonl`` (``<store root>/<run_id>/examples.jsonl``)."""
+    reader = getattr(store, "read_examples", None)
+    if callable(reader):
+        return lambda run_id: reader(run_id) or {}
+    root = Path(store.root)
+    return lambda run_id: read_examples_file(root / str(run_id) / "examples.jsonl")
+
+
+@dataclass(frozen=True)
+class MetricData:
+    """Per-example data of one (evaluation, metric) of a configuration, ready for stats.py."""
+
+    table: st.ScoreTable
+    statistic: st.Statistic
+    statistic_name: str
+    metric_range: tuple[float, float] | None
+    evaluation: str
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,6 +327,14 @@ class Group:
     per_seed: dict[tuple[str, str], dict[Any, float]] = field(default_factory=dict)
     directions: dict[str, str] = field(default_factory=dict)
     memory_kinds: set[str] = field(default_factory=set)
+    data: dict[tuple[str, str], MetricData] = field(default_factory=dict)  # ("metric"|evaluation, name)
+    examples: dict[Any, ExampleScores] = field(default_factory=dict)  # seed -> per-example scores
+    degenerate: list[str] = field(default_factory=list)  # plain-words reasons (stats.degenerate_reasons)
+
+    @property
+    def is_base(self) -> bool:
+        """The base model (no fine-tuning): deterministic, scored once."""
+        return self.method == "base" or (self.method is None and self.label == "base")
 
     @property
     def key(self) -> tuple:
@@ -377,13 +464,108 @@ def _dedupe_seeds(runs: list[dict], notes: list[str], name: str) -> list[dict]:
     return sorted(by_seed.values(), key=lambda r: (str(type(r.get("seed"))), r.get("seed") or 0))
 
 
-def _collect(group: Group, notes: list[str]) -> None:
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-6)  # result.json may round its metrics a little
+
+
+def _source(r: dict, ex: ExampleScores, metric: str, value: float) -> tuple[str, str] | None:
+    """(score set, statistic name) whose per-example values reproduce a main metric of run ``r``.
+
+    result.json says it (docs/contracts.md, "Per-example scores"): the top-level ``per_example``
+    {metric: statistic} and ``per_example_source`` {metric: score set}; without a source, the
+    evaluation entry that records the same value, or the only score set holding the metric.
+    """
+    top = r.get("per_example") if isinstance(r.get("per_example"), dict) else {}
+    src = r.get("per_example_source") if isinstance(r.get("per_example_source"), dict) else {}
+    stat = top.get(metric)
+    if stat and src.get(metric) in ex:
+        return str(src[metric]), str(stat)
+    evals = [e for e in (r.get("evaluations") or []) if isinstance(e, dict)]
+    for e in evals:
+        name = str(e.get("name") or "eval")
+        e_stat = (e.get("per_example") or {}).get(metric)
+        e_src = (e.get("per_example_source") or {}).get(metric) or name
+        v = _number((e.get("metrics") or {}).get(metric))
+        if e_stat and e_src in ex and v is not None and _close(v, value):
+            return str(e_src), str(e_stat)
+    if stat:
+        having = [name for name, by_id in ex.items() if any(metric in vals for vals in by_id.values())]
+        if len(having) == 1:
+            return having[0], str(stat)
+    return None
+
+
+def _build_data(group: Group, key: tuple[str, str], metric: str,
+                per_run: dict[Any, tuple[str, str, float]], notes: list[str]) -> MetricData | None:
+    """ScoreTable of one metric when every ok seed has per-example scores that reproduce its value."""
+    where = f"{group.name} [{group.task}] {metric}" + ("" if key[0] == "metric" else f" [{key[0]}]")
+    if not per_run or set(per_run) != {r.get("seed") for r in group.runs}:
+        if per_run:
+            notes.append(f"{where}: per-example scores missing for some seeds; interval over {SEEDS_ONLY}")
+        return None
+    stat_names = {s for _, s, _ in per_run.values()}
+    if len(stat_names) != 1:
+        notes.append(f"{where}: seeds name different statistics {sorted(stat_names)}; {SEEDS_ONLY}")
+        return None
+    stat_name = stat_names.pop()
+    statistic = statistic_for(stat_name)
+    if statistic is None:
+        notes.append(f"{where}: unknown per-example statistic {stat_name!r} (not in report/stats.py); {SEEDS_ONLY}")
+        return None
+    scores: dict[Any, dict[Any, Any]] = {}
+    for seed, (evaluation, _, _) in per_run.items():
+        by_id = group.examples.get(seed, {}).get(evaluation, {})
+        scores[seed] = {i: vals[metric] for i, vals in by_id.items() if metric in vals}
+    try:
+        table = st.ScoreTable.from_mapping(scores)
+        recomputed = np.asarray(statistic(table.values), dtype=float)
+    except (ValueError, TypeError, IndexError) as exc:
+        notes.append(f"{where}: per-example scores unusable ({exc}); {SEEDS_ONLY}")
+        return None
+    for s, seed in enumerate(table.seeds):
+        recorded = per_run[seed][2]
+        if table.dropped_ids == 0 and not _close(float(recomputed[s]), recorded):
+            notes.append(f"{where}: seed {seed}: {stat_name} of the per-example scores is {recomputed[s]:.6g}, "
+                         f"the recorded metric {recorded:.6g}; {SEEDS_ONLY}")
+            return None
+    if group.is_base:
+        if table.n_seeds == 1 or np.all(table.values == table.values[:1]):
+            table = st.ScoreTable(table.seeds[:1], table.ids, table.values[:1], deterministic=True,
+                                  dropped_ids=table.dropped_ids)
+        else:
+            notes.append(f"{where}: base differs between seeds on some examples; treated as seed-dependent")
+    values = table.values[..., 0].ravel()
+    rng = metric_range(metric, stat_name, values if stat_name == "mean" else [v for _, _, v in per_run.values()])
+    return MetricData(table, statistic, stat_name, rng, next(iter(per_run.values()))[0])
+
+
+def _stats(group: Group, key: tuple[str, str], metric: str, by_seed: dict[Any, float]) -> Stats | None:
+    data = group.data.get(key)
+    if data is not None:
+        e = st.estimate(data.table, statistic=data.statistic, metric_range=data.metric_range,
+                        alpha=1 - CONFIDENCE, n_resamples=1000)
+        return from_estimate(e)
+    vals = list(by_seed.values())
+    det = group.is_base and len(vals) >= 1 and all(v == vals[0] for v in vals)
+    return summarize(vals, metric_range=metric_range(metric, None, vals), deterministic=det)
+
+
+def _collect(group: Group, notes: list[str], loader: ExampleLoader | None = None) -> None:
     """Fill a group's stats from its ok runs (metrics, costs, per-decoding evaluations)."""
     metric_vals: dict[str, dict[Any, float]] = defaultdict(dict)
     cost_vals: dict[str, dict[Any, float]] = defaultdict(dict)
-    eval_vals: dict[tuple[str, str], list[float]] = defaultdict(list)
+    eval_vals: dict[tuple[str, str], dict[Any, float]] = defaultdict(dict)
+    sources: dict[tuple[str, str], dict[Any, tuple[str, str, float]]] = defaultdict(dict)
     for r in group.runs:
         seed = r.get("seed")
+        ex: ExampleScores = {}
+        if loader is not None and r.get("run_id"):
+            try:
+                ex = loader(str(r["run_id"])) or {}
+            except (OSError, ValueError) as exc:
+                notes.append(f"{group.name} [{group.task}]: per-example scores of {r.get('run_id')} unreadable ({exc})")
+        if ex:
+            group.examples[seed] = ex
         for name, value in (r.get("metrics") or {}).items():
             v = _number(value)
             if v is None:
@@ -391,6 +573,9 @@ def _collect(group: Group, notes: list[str]) -> None:
                              f"is not a finite number ({value!r}); left out")
                 continue
             metric_vals[name][seed] = v
+            src = _source(r, ex, name, v) if ex else None
+            if src is not None:
+                sources[("metric", name)][seed] = (src[0], src[1], v)
         for name, d in (r.get("metric_directions") or {}).items():
             group.directions.setdefault(name, d)
         cost = r.get("cost") or {}
@@ -404,21 +589,102 @@ def _collect(group: Group, notes: list[str]) -> None:
             if not isinstance(ev, dict):
                 continue
             ev_name = str(ev.get("name") or "eval")
+            per_example = ev.get("per_example") or {}
+            per_source = ev.get("per_example_source") or {}
             for name, value in (ev.get("metrics") or {}).items():
                 v = _number(value)
                 if v is not None:
-                    eval_vals[(ev_name, name)].append(v)
+                    eval_vals[(ev_name, name)][seed] = v
+                    score_set = str(per_source.get(name) or ev_name)
+                    if ex and per_example.get(name) and score_set in ex:
+                        sources[(ev_name, name)][seed] = (score_set, str(per_example[name]), v)
             tps = _number((ev.get("throughput") or {}).get("tokens_per_s"))
             if tps is not None:
-                eval_vals[(ev_name, "tokens_per_s")].append(tps)
+                eval_vals[(ev_name, "tokens_per_s")][seed] = tps
+    for key, per_run in sources.items():
+        data = _build_data(group, key, key[1], per_run, notes)
+        if data is not None:
+            group.data[key] = data
     for name, by_seed in metric_vals.items():
-        group.metrics[name] = summarize(list(by_seed.values()))  # type: ignore[assignment]
+        group.metrics[name] = _stats(group, ("metric", name), name, by_seed)  # type: ignore[assignment]
         group.per_seed[("metric", name)] = by_seed
     for name, by_seed in cost_vals.items():
         group.costs[name] = summarize(list(by_seed.values()))  # type: ignore[assignment]
         group.per_seed[("cost", name)] = by_seed
-    for (ev_name, name), vals in eval_vals.items():
-        group.evals.setdefault(ev_name, {})[name] = summarize(vals)  # type: ignore[assignment]
+    for (ev_name, name), by_seed in eval_vals.items():
+        group.evals.setdefault(ev_name, {})[name] = _stats(group, (ev_name, name), name, by_seed)  # type: ignore[assignment]
+
+
+def _hashable(v: Any) -> Any:
+    """Lists become text, so a flat {key: value} mapping is never mistaken for {seed: values}."""
+    return json.dumps(v) if isinstance(v, (list, tuple)) else v
+
+
+def _flag_degenerate(groups: list[Group], notes: list[str]) -> None:
+    """stats.degenerate_reasons per configuration: constant predictions, identical to base, loss never fell."""
+    bases = {(g.task, g.model): g for g in groups if g.is_base and g.runs}
+    for g in groups:
+        if not g.runs or g.is_base:
+            continue
+        reasons: list[str] = []
+        losses = {}
+        for r in g.runs:
+            pts = (r.get("curves") or {}).get("train_loss")
+            if isinstance(pts, list):
+                vals = [p[1] if isinstance(p, (list, tuple)) and len(p) >= 2 else
+                        p.get("value") if isinstance(p, dict) else None for p in pts]
+                vals = [float(v) for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool)]
+                if vals:
+                    losses[r.get("seed")] = vals
+        # constant predictions: the prediction column of a [pred, gold] metric (f1/precision/recall)
+        preds: dict[Any, dict[Any, Any]] = {}
+        for data in g.data.values():
+            if data.statistic_name in _FACTORIES:
+                for s, seed in enumerate(data.table.seeds):
+                    preds[seed] = dict(zip(data.table.ids, data.table.values[s, :, 0].tolist()))
+                break
+        if preds or losses:
+            reasons += st.degenerate_reasons(preds, losses=losses or None)
+        base = bases.get((g.task, g.model))
+        if base is not None:
+            reasons += _identical_to_base(g, base)
+        if reasons:
+            g.degenerate = _condense(reasons)
+            notes.append(f"[{g.task}] {g.name}: degenerate — " + "; ".join(reasons))
+
+
+def _condense(reasons: list[str]) -> list[str]:
+    """'seed 0: X', 'seed 1: X' → 'seeds 0, 1: X' (same reason on several seeds said once)."""
+    by_text: dict[str, list[str]] = {}
+    for r in reasons:
+        head, sep, rest = r.partition(": ")
+        if sep and head.startswith("seed "):
+            by_text.setdefault(rest, []).append(head[len("seed "):])
+        else:
+            by_text.setdefault(r, [])
+    return [(f"seed{'s' * (len(seeds) > 1)} {', '.join(seeds)}: {text}" if seeds else text)
+            for text, seeds in by_text.items()]
+
+
+def _identical_to_base(g: Group, base: Group) -> list[str]:
+    def flat(ex: ExampleScores) -> dict[Any, Any]:
+        return {(e, i, m): _hashable(v) for e, by_id in ex.items() for i, vals in by_id.items() for m, v in vals.items()}
+
+    if g.examples and base.examples:
+        base_runs = {s: flat(ex) for s, ex in base.examples.items()}
+        det = len(base_runs) == 1 or all(b == next(iter(base_runs.values())) for b in base_runs.values())
+        preds = {s: flat(ex) for s, ex in g.examples.items()}
+        base_pred: Any = next(iter(base_runs.values())) if det else base_runs
+        found = [x for x in st.degenerate_reasons(preds, base_pred) if "identical to base" in x]
+        return [x.replace("every example", "every per-example score") for x in found]
+    base_metrics = {r.get("seed"): r.get("metrics") or {} for r in base.runs}
+    out = []
+    for r in g.runs:
+        m = r.get("metrics") or {}
+        b = base_metrics.get(r.get("seed")) or (next(iter(base_metrics.values())) if len(base_metrics) == 1 else None)
+        if m and b and set(m) == set(b) and all(_number(m[k]) is not None and m[k] == b[k] for k in m):
+            out.append(f"seed {r.get('seed')}: identical to base on all {len(m)} recorded metrics")
+    return out
 
 
 def _task_directions(groups: list[Group], notes: list[str]) -> dict[str, str]:
@@ -456,14 +722,25 @@ def _primary(results: list[dict]) -> str | None:
     return None
 
 
-def aggregate(results: Iterable[dict]) -> Aggregate:
-    """Group result dicts by configuration and compute per-seed statistics.
+def aggregate(results: Iterable[dict], examples: ExampleLoader | Mapping[str, ExampleScores] | None = None
+              ) -> Aggregate:
+    """Group result dicts by configuration and compute their statistics.
+
+    ``examples``: per-example scores of a run, ``run_id -> {evaluation: {id: {metric: value}}}`` (a
+    callable such as :func:`store_examples_loader` or a mapping); without them every interval is
+    over the per-seed values only ("seeds only").
 
     Why group on model too: the same label on two base models is two different experiments,
     and averaging them as "seeds" would hide the model effect.
     """
     notes: list[str] = []
     clean: list[dict] = []
+    loader: ExampleLoader | None
+    if examples is None or callable(examples):
+        loader = examples  # type: ignore[assignment]
+    else:
+        table = dict(examples)
+        loader = lambda run_id: table.get(run_id) or {}  # noqa: E731
     for i, r in enumerate(results):
         if not isinstance(r, dict):
             notes.append(f"result #{i} is not a dict; ignored")
@@ -487,7 +764,8 @@ def aggregate(results: Iterable[dict]) -> Aggregate:
             failures.append(_run_summary(r))
     for key, g in groups.items():
         g.runs = _dedupe_seeds(ok_runs.get(key, []), notes, f"{g.name} [{g.task}]")
-        _collect(g, notes)
+        _collect(g, notes, loader)
+    _flag_degenerate(list(groups.values()), notes)
     tasks = sorted({g.task for g in groups.values()})
     directions = {t: _task_directions([g for g in groups.values() if g.task == t], notes)
                   for t in tasks}
@@ -525,56 +803,6 @@ def _order_groups(groups: list[Group], primary: dict[str, str | None],
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Paired:
-    """Paired comparison a − b over shared seeds; the verdict speaks for ``a``."""
-
-    metric: str
-    direction: str | None
-    n: int
-    seeds: tuple
-    mean_diff: float | None
-    ci_low: float | None
-    ci_high: float | None
-
-    @property
-    def excludes_zero(self) -> bool:
-        """True when the CI lies strictly on one side of 0 (a significant difference)."""
-        if self.ci_low is None or self.ci_high is None:
-            return False
-        return self.ci_low > 0 or self.ci_high < 0
-
-    @property
-    def verdict(self) -> str:
-        """"better"/"worse" for a vs b, "n.s." when the CI covers 0, "n<2" without an interval."""
-        if self.ci_low is None or self.mean_diff is None:
-            return "n<2"
-        if not self.excludes_zero or self.direction is None:
-            return "n.s."
-        positive = self.ci_low > 0
-        return "better" if positive == (self.direction == "higher") else "worse"
-
-
-def paired_compare(a: Group, b: Group, name: str, direction: str | None = None,
-                   kind: str = "metric", confidence: float = CONFIDENCE) -> Paired:
-    """Paired t interval of per-seed differences a − b on the seeds both configurations ran.
-
-    Pairing on seeds removes the seed-to-seed variance (data order, init) that both methods
-    share, which is what makes small seed counts usable at all.
-    """
-    if direction is None:
-        direction = (a.directions.get(name) or b.directions.get(name)) if kind == "metric" \
-            else cost_direction(name)
-    va = a.per_seed.get((kind, name), {})
-    vb = b.per_seed.get((kind, name), {})
-    shared = sorted(set(va) & set(vb), key=lambda s: (str(type(s)), s))
-    diffs = [va[s] - vb[s] for s in shared]
-    st = summarize(diffs, confidence)
-    if st is None:
-        return Paired(name, direction, 0, (), None, None, None)
-    return Paired(name, direction, st.n, tuple(shared), st.mean, st.ci_low, st.ci_high)
-
-
 def rank_groups(groups: Iterable[Group], metric: str, direction: str | None) -> list[Group]:
     """Groups that have the metric, best mean first."""
     have = [g for g in groups if g.mean("metric", metric) is not None]
@@ -591,26 +819,83 @@ def best_per_label(groups: Iterable[Group], metric: str, direction: str | None) 
 
 
 @dataclass(frozen=True)
+class Versus:
+    """The winner against one other method's best configuration (``row.comparison`` is best − other)."""
+
+    other: Group
+    row: st.FamilyRow
+
+    @property
+    def comparison(self) -> st.Comparison:
+        return self.row.comparison
+
+    @property
+    def verdict(self) -> str:
+        """What the winner is relative to ``other`` after Holm: better / worse / tied / not enough evidence."""
+        return self.row.verdict
+
+    @property
+    def p_adjusted(self) -> float:
+        return self.row.p_adjusted
+
+
+@dataclass(frozen=True)
 class Winner:
-    """Best configuration of a task and how it fares against the best other method."""
+    """Best configuration of a task on its primary metric and its paired comparisons with every other method.
+
+    ``per_example``: the comparisons pair seeds x test examples; False: the per-seed values only
+    ("seeds only"), used when some configuration has no per-example scores. ``others`` is ordered
+    by closeness (the runner-up first); ``unpaired`` lists methods that share no seed or example with
+    the winner and so could not be compared.
+    """
 
     task: str
     metric: str
     direction: str | None
     best: Group
-    runner_up: Group | None
-    paired: Paired | None
+    others: tuple[Versus, ...]
+    per_example: bool
+    unpaired: tuple[Group, ...] = ()
 
     @property
-    def significant(self) -> bool:
-        return self.paired is not None and self.paired.verdict == "better"
+    def runner_up(self) -> Group | None:
+        return self.others[0].other if self.others else None
+
+    @property
+    def paired(self) -> Versus | None:
+        """The comparison with the runner-up."""
+        return self.others[0] if self.others else None
+
+    @property
+    def resolved(self) -> bool:
+        """The winner is "better" than every other method (Holm-adjusted)."""
+        return bool(self.others) and all(v.verdict == "better" for v in self.others)
 
 
-def winners(agg: Aggregate) -> list[Winner]:
-    """Per task: the best mean primary metric, with a paired test against the runner-up method.
+def _seed_table(g: Group, metric: str, seeds: list[Any]) -> st.ScoreTable:
+    """Seeds only: the per-seed values as one row whose "examples" are the seeds (a deterministic run
+    is repeated on every seed of the family), so compare() pairs them by seed."""
+    by_seed = g.per_seed.get(("metric", metric), {})
+    stats = g.metrics.get(metric)
+    if stats is not None and stats.deterministic:
+        value = next(iter(by_seed.values()))
+        by_seed = {s: value for s in seeds}
+    return st.ScoreTable.from_mapping({"seeds": {s: v for s, v in by_seed.items()}})
 
-    The runner-up is the best configuration of a *different* label; comparing lora r=8 against
-    lora r=16 would answer a tuning question, not a method question.
+
+def _pairable(a: st.ScoreTable, b: st.ScoreTable) -> bool:
+    if not set(a.ids) & set(b.ids):
+        return False
+    return a.deterministic or b.deterministic or bool(set(a.seeds) & set(b.seeds))
+
+
+def winners(agg: Aggregate, n_resamples: int = 1000, n_permutations: int = 2000) -> list[Winner]:
+    """Per task: the best configuration on the primary metric against each other method's best one.
+
+    Paired comparisons (stats.compare_to_best) on the shared seeds and examples, with Holm's
+    correction over the family; without per-example scores for every configuration involved, the
+    per-seed values are paired instead ("seeds only"). Comparing lora r=8 against lora r=16 would
+    answer a tuning question, not a method question, so each label contributes its best configuration.
     """
     out = []
     for task in agg.tasks:
@@ -622,7 +907,114 @@ def winners(agg: Aggregate) -> list[Winner]:
         if not ranked:
             continue
         best = ranked[0]
-        runner = ranked[1] if len(ranked) > 1 else None
-        paired = paired_compare(best, runner, metric, d) if runner else None
-        out.append(Winner(task, metric, d, best, runner, paired))
+        if len(ranked) == 1:
+            out.append(Winner(task, metric, d, best, (), best.metrics[metric].per_example))
+            continue
+        datas = [g.data.get(("metric", metric)) for g in ranked]
+        per_example = (all(x is not None for x in datas)
+                       and len({x.statistic_name for x in datas}) == 1)  # type: ignore[union-attr]
+        if per_example:
+            tables = {g.name: x.table for g, x in zip(ranked, datas)}  # type: ignore[union-attr]
+            statistic, rng = datas[0].statistic, datas[0].metric_range  # type: ignore[union-attr]
+        else:
+            seeds = sorted({s for g in ranked for s in g.per_seed.get(("metric", metric), {})},
+                           key=lambda s: (str(type(s)), s))
+            tables = {g.name: _seed_table(g, metric, seeds) for g in ranked}
+            statistic = st.mean
+            rng = metric_range(metric, None, [v for g in ranked for v in g.per_seed[("metric", metric)].values()])
+        family = {best.name: tables[best.name]}
+        unpaired = []
+        for g in ranked[1:]:
+            if _pairable(tables[best.name], tables[g.name]):
+                family[g.name] = tables[g.name]
+            else:
+                unpaired.append(g)
+        if len(family) == 1:
+            out.append(Winner(task, metric, d, best, (), per_example, tuple(unpaired)))
+            continue
+        try:
+            bc = st.compare_to_best(family, higher_is_better=(d != "lower"), statistic=statistic, metric_range=rng,
+                                    alpha=1 - CONFIDENCE, n_resamples=n_resamples, n_permutations=n_permutations)
+        except ValueError as exc:  # e.g. score sets that cannot be paired: say so, never guess
+            agg.notes.append(f"[{task}] {metric}: the methods could not be compared ({exc})")
+            out.append(Winner(task, metric, d, best, (), per_example, tuple(ranked[1:])))
+            continue
+        by_name = {g.name: g for g in ranked}
+        if bc.best != best.name:  # a tie on the point estimate: follow stats.py's choice
+            best = by_name[bc.best]
+        others = tuple(Versus(by_name[r.name], r) for r in bc.rows)
+        others = tuple(sorted(others, key=lambda v: abs(v.comparison.difference)))
+        out.append(Winner(task, metric, d, best, others, per_example, tuple(unpaired)))
     return out
+
+
+def _num(x: float) -> str:
+    """Three significant digits, no exponent for ordinary sizes."""
+    if not math.isfinite(x):
+        return str(x)
+    return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.0f}"
+
+
+def _signed(x: float) -> str:
+    return ("+" if x > 0 else "") + _num(x)
+
+
+def _interval(lo: float, hi: float, signed: bool = False) -> str:
+    f = _signed if signed else _num
+    return f"[{f(lo)}, {f(hi)}]"
+
+
+def comparison_size(w: Winner, v: Versus) -> str:
+    """'3 seeds × 200 examples', 'deterministic × 200 examples' or '3 seeds, seeds only' (the pairing's n)."""
+    c = v.comparison
+    if not w.per_example:
+        return f"{c.n_examples} seed{'s' * (c.n_examples != 1)}, {SEEDS_ONLY}"
+    return c.sample_size.replace(" x ", " × ")
+
+
+def _versus_text(w: Winner, v: Versus) -> str:
+    c = v.comparison
+    return (f"Δ = {_signed(c.difference)} {_interval(c.lo, c.hi, True)}, Holm p = {v.p_adjusted:.2g}, "
+            f"{comparison_size(w, v)}")
+
+
+def how_sure(w: Winner) -> str:
+    """A short paragraph in plain words: what is resolved for this task, what is not, what would resolve it."""
+    stats = w.best.metrics[w.metric]
+    value = _num(stats.mean) + (f" {_interval(stats.ci_low, stats.ci_high)}" if stats.ci_low is not None else "")
+    dir_words = {"higher": "higher is better", "lower": "lower is better"}.get(w.direction or "", "")
+    parts = [f"{w.task}: {w.best.name} has the best {w.metric}{' (' + dir_words + ')' if dir_words else ''}: "
+             f"{value} from {stats.sample_size}."]
+    if not w.others:
+        parts.append("There is no other method to compare it with." if not w.unpaired else "")
+    resolved = [v for v in w.others if v.verdict != "not enough evidence"]
+    open_ = [v for v in w.others if v.verdict == "not enough evidence"]
+    if resolved:
+        parts.append("Resolved: " + "; ".join(
+            (f"{v.verdict} than {v.other.name}" if v.verdict in ("better", "worse") else f"tied with {v.other.name}")
+            + f" ({_versus_text(w, v)})" for v in resolved) + ".")
+    for v in open_:
+        c = v.comparison
+        if c.degenerate:
+            parts.append(f"Not resolved: {w.best.name} vs {v.other.name} ({_versus_text(w, v)}) cannot be judged: "
+                         + "; ".join(c.degenerate) + ".")
+            continue
+        if w.per_example:
+            advice = v.row.advice
+            advice = advice[len("unresolved: "):] if advice.startswith("unresolved: ") else advice
+        else:  # the pairing's "examples" are the seeds here
+            more = c.more_examples
+            advice = (f"roughly {more} more seeds would give 80% power to confirm a difference of "
+                      f"{_signed(c.difference)}" if more is not None else "")
+        text = (f"Not resolved: {w.best.name} vs {v.other.name} ({_versus_text(w, v)}); at this size only a "
+                f"difference of about {_num(c.mde)} would be detected reliably")
+        parts.append(text + (f"; {advice}." if advice else "."))
+    for g in w.unpaired:
+        parts.append(f"{g.name} shares no seed or example with {w.best.name}, so it was not compared.")
+    if w.others and not w.per_example:
+        parts.append(f"These comparisons pair the per-seed values only ({SEEDS_ONLY}): with few seeds they "
+                     "can rarely resolve anything; per-example scores would let the test examples count too.")
+    flagged = [g for g in [w.best, *(v.other for v in w.others)] if g.degenerate]
+    for g in flagged:
+        parts.append(f"Caution: {g.name} has degenerate runs ({'; '.join(g.degenerate)}).")
+    return " ".join(p for p in parts if p)

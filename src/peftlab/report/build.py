@@ -4,7 +4,7 @@ Layout of ``out_dir``::
 
     summary.md            findings + every table in Markdown
     report.html           self-contained page (tables, embedded figures, failures, provenance)
-    tables/<name>.csv     raw numbers (mean, std, CI bounds, n) per table, plus runs.csv
+    tables/<name>.csv     raw numbers (mean, std, interval bounds, seeds, examples) per table, plus runs.csv
     tables/<name>.tex     booktabs LaTeX of every display table
     plots/<name>.png|svg  figures
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .aggregate import Aggregate, aggregate
+from .aggregate import Aggregate, ExampleLoader, ExampleScores, Winner, aggregate, store_examples_loader, winners
 from .html import findings, provenance, render_html
 from .plots import Plot, slug, write_plots
 from .tables import Table, all_tables, md_escape, to_csv, to_latex, to_markdown
@@ -55,16 +55,18 @@ def write_tables(tables: list[Table], out_dir: Path) -> dict[str, Path]:
     return out
 
 
-def summary_markdown(agg: Aggregate, tables: list[Table], plots: list[Plot], title: str) -> str:
+def summary_markdown(agg: Aggregate, tables: list[Table], plots: list[Plot], title: str,
+                     ws: list[Winner] | None = None) -> str:
     """The Markdown twin of the HTML page (minus embedded images, which it links instead)."""
     ok = sum(1 for r in agg.results if r.get("status") == "ok")
     lines = [f"# {md_escape(title)}", "",
              f"{len(agg.results)} runs ({ok} ok, {len(agg.failures)} failed/diverged/cancelled/interrupted, "
              f"{len(agg.running)} running) over {len(agg.tasks)} task(s). Numbers are means over seeds "
-             "with 95% Student-t confidence intervals; only `ok` runs are aggregated.", ""]
-    fs = findings(agg)
+             "with 95% intervals over seeds × test examples (two-level bootstrap, clipped to the metric's range; "
+             "'seeds only' where no per-example scores were kept); only `ok` runs are aggregated.", ""]
+    fs = findings(agg, ws)
     if fs:
-        lines += ["## Findings", "", *[f"- {md_escape(s)}" for s in fs], ""]
+        lines += ["## How sure?", "", *[f"- {md_escape(s)}" for s in fs], ""]
     display = [t for t in tables if t.rows and t.name != "failed_runs"]
     if display:
         lines += ["## Tables", ""]
@@ -91,8 +93,12 @@ def _provenance_md(agg: Aggregate) -> list[str]:
             f"- Models: {md_escape(', '.join(p['models'])) or 'not recorded'}", ""]
 
 
-def write_report(results: list[dict], out_dir: Path, title: str | None = None) -> dict[str, Path]:
+def write_report(results: list[dict], out_dir: Path, title: str | None = None,
+                 examples: ExampleLoader | dict[str, ExampleScores] | None = None) -> dict[str, Path]:
     """Aggregate ``results`` and write summary.md, tables, plots and report.html.
+
+    ``examples``: per-example scores, ``run_id -> {evaluation: {id: {metric: value}}}`` (a callable or a
+    mapping); without them the intervals use the per-seed values only ("seeds only").
 
     Returns ``{relative path: absolute path}`` for every file written, e.g.
     ``{"report.html": ..., "summary.md": ..., "tables/winners.csv": ..., "plots/....png": ...}``.
@@ -101,15 +107,16 @@ def write_report(results: list[dict], out_dir: Path, title: str | None = None) -
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear_stale(out_dir)
     title = title or _default_title(results)
-    agg = aggregate(results)
-    tables = all_tables(agg)
+    agg = aggregate(results, examples)
+    ws = winners(agg)
+    tables = all_tables(agg, ws)
     written = write_tables(tables, out_dir)
     plots = write_plots(agg, out_dir / "plots")
     for p in plots:
         written[f"plots/{p.png.name}"] = p.png
         written[f"plots/{p.svg.name}"] = p.svg
-    written["summary.md"] = _write(out_dir / "summary.md", summary_markdown(agg, tables, plots, title))
-    written["report.html"] = _write(out_dir / "report.html", render_html(agg, tables, plots, title))
+    written["summary.md"] = _write(out_dir / "summary.md", summary_markdown(agg, tables, plots, title, ws))
+    written["report.html"] = _write(out_dir / "report.html", render_html(agg, tables, plots, title, ws))
     return written
 
 
@@ -122,10 +129,14 @@ def _default_title(results: list[Any]) -> str:
 
 def write_report_from_store(store_root: str | Path, out_dir: str | Path, title: str | None = None,
                             **filters: Any) -> dict[str, Path]:
-    """Same as :func:`write_report` but reads ``Store(store_root).results(**filters)``.
+    """Same as :func:`write_report` but reads ``Store(store_root).results(**filters)`` and each run's
+    per-example scores (``Store.read_examples``, or ``<store root>/<run_id>/examples.jsonl``).
 
     The import is deferred so the report (and its tests) work without the store module.
     """
     from peftlab.store import Store
 
-    return write_report(Store(store_root, readonly=True).results(**filters), Path(out_dir), title)
+    store = Store(store_root, readonly=True)
+    if not hasattr(store, "root"):
+        store.root = Path(store_root)  # type: ignore[attr-defined]
+    return write_report(store.results(**filters), Path(out_dir), title, examples=store_examples_loader(store))

@@ -13,9 +13,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .aggregate import Aggregate, winners
+from .aggregate import Aggregate, Winner, how_sure, winners
 from .plots import Plot
-from .tables import Cell, Table, fmt_mean_pm, fmt_sig
+from .tables import Cell, Table
 
 CSS = """
 :root { --fg:#1f2933; --muted:#616e7c; --line:#e4e7eb; --bg:#ffffff; --soft:#f5f7fa;
@@ -94,8 +94,12 @@ def _cell_html(c: Cell, numeric: bool) -> str:
     body = esc(c.text) + (f" ± {esc(c.pm)}" if c.pm is not None else "")
     if c.kind == "status":
         body = f'<span class="badge fail">{body}</span>'
+    if c.kind == "verdict":
+        cls = "yes" if c.text in ("better", "tied") else "fail" if c.text == "worse" else "no"
+        body = f'<span class="badge {cls}">{body}</span>'
     if c.note:
-        body += f'<span class="note">({esc(c.note)})</span>'
+        warn = " warn" if c.kind == "degenerate" else ""
+        body += f'<span class="note{warn}">({esc(c.note)})</span>'
     cls = [x for x in ("num" if numeric else "", "best" if c.bold else "",
                        "err" if c.kind == "error" else "") if x]
     return f'<td class="{" ".join(cls)}">{body}</td>' if cls else f"<td>{body}</td>"
@@ -136,28 +140,10 @@ def image_html(plot: Plot, dpi: int = 150) -> str:
             f"{esc(plot.caption)}</figcaption></figure>")
 
 
-def findings(agg: Aggregate) -> list[str]:
-    """One plain-English sentence per task: who wins and whether the data can tell."""
-    out = []
-    for w in winners(agg):
-        st = w.best.metrics[w.metric]
-        mean, pm = fmt_mean_pm(st)
-        best = f"{mean} ± {pm}" if pm is not None else mean
-        s = f"{w.task}: {w.best.name} has the best {w.metric} ({best}, n={st.n})"
-        if w.runner_up is None or w.paired is None:
-            out.append(s + "; no other method to compare with.")
-            continue
-        p = w.paired
-        if p.mean_diff is None or p.ci_low is None:
-            out.append(s + f"; versus runner-up {w.runner_up.name} there are fewer than 2 shared "
-                           f"seeds, so no paired test.")
-            continue
-        verdict = ("significantly better" if p.verdict == "better"
-                   else "not significantly different" if p.verdict == "n.s." else p.verdict)
-        out.append(s + f"; versus runner-up {w.runner_up.name}: Δ = {fmt_sig(p.mean_diff, 3)} "
-                       f"[{fmt_sig(p.ci_low, 3)}, {fmt_sig(p.ci_high, 3)}] over {p.n} shared seeds — "
-                       f"{verdict}.")
-    return out
+def findings(agg: Aggregate, ws: list[Winner] | None = None) -> list[str]:
+    """One "how sure" paragraph per task, in plain words: who wins, what is resolved, what is not
+    and what would resolve it (sample sizes included)."""
+    return [how_sure(w) for w in (winners(agg) if ws is None else ws)]
 
 
 def provenance(agg: Aggregate) -> dict[str, Any]:
@@ -280,17 +266,19 @@ def _stat_boxes(agg: Aggregate) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def render_html(agg: Aggregate, tables: list[Table], plots: list[Plot], title: str) -> str:
+def render_html(agg: Aggregate, tables: list[Table], plots: list[Plot], title: str,
+                ws: list[Winner] | None = None) -> str:
     """The whole page as a string."""
     by_name = {t.name: t for t in tables}
+    ws = winners(agg) if ws is None else ws
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     toc = ['<a href="#summary">Summary</a>'] + [
         f'<a href="#task-{slug_id(t)}">{esc(t)}</a>' for t in agg.tasks] + [
         '<a href="#failures">Failed runs</a>', '<a href="#provenance">Provenance</a>']
     parts = [f'<section class="card" id="summary"><h2>Summary</h2>{_stat_boxes(agg)}']
-    fs = findings(agg)
+    fs = findings(agg, ws)
     if fs:
-        parts.append('<ul class="findings">' + "".join(f"<li>{esc(s)}</li>" for s in fs) + "</ul>")
+        parts.append('<h3>How sure?</h3><ul class="findings">' + "".join(f"<li>{esc(s)}</li>" for s in fs) + "</ul>")
     elif not agg.results:
         parts.append('<p class="muted">No results were given to the report.</p>')
     for name in ("winners", "method_by_task"):
@@ -298,7 +286,8 @@ def render_html(agg: Aggregate, tables: list[Table], plots: list[Plot], title: s
             parts.append(f"<h3>{esc(by_name[name].title)}</h3>{table_html(by_name[name])}")
     parts.append("</section>")
     for task in agg.tasks:
-        parts.append(_task_section(agg, task, by_name, [p for p in plots if p.task == task]))
+        sure = [how_sure(w) for w in (ws if ws is not None else []) if w.task == task]
+        parts.append(_task_section(agg, task, by_name, [p for p in plots if p.task == task], sure))
     parts.append(f'<section class="card" id="failures"><h2>Failed runs</h2>'
                  f"{_failures_html(agg, by_name.get('failed_runs'))}</section>")
     if agg.notes:
@@ -313,7 +302,7 @@ def render_html(agg: Aggregate, tables: list[Table], plots: list[Plot], title: s
 <body>
 <header class="top"><div class="wrap"><h1>{esc(title)}</h1>
 <div class="sub">peftlab comparison report · generated {esc(now)} · {len(agg.results)} runs ·
-means over seeds with 95% Student-t confidence intervals</div></div></header>
+means over seeds with 95% intervals over seeds × test examples (two-level bootstrap)</div></div></header>
 <nav class="toc"><div class="wrap">{"".join(toc)}</div></nav>
 <main><div class="wrap">
 {"".join(parts)}
@@ -324,12 +313,14 @@ to this file in <code>tables/</code> and <code>plots/</code>.</footer>
 """
 
 
-def _task_section(agg: Aggregate, task: str, by_name: dict[str, Table], plots: list[Plot]) -> str:
+def _task_section(agg: Aggregate, task: str, by_name: dict[str, Table], plots: list[Plot],
+                  sure: list[str] | None = None) -> str:
     primary = agg.primary.get(task)
     d = agg.direction(task, primary) if primary else None
     sub = (f'<p class="muted">Primary metric: <b>{esc(primary)}</b> '
            f"({esc(d or '?')} is better).</p>") if primary else ""
     out = [f'<section class="card" id="task-{slug_id(task)}"><h2>Task: {esc(task)}</h2>{sub}']
+    out += [f'<p class="howsure"><b>How sure?</b> {esc(s)}</p>' for s in (sure or [])]
     for name in (f"task_{task}", f"decoding_{task}"):
         if name in by_name:
             t = by_name[name]

@@ -17,9 +17,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .aggregate import Aggregate, Group, best_per_label, cost_direction, format_value, short_key
+from .aggregate import Aggregate, Group, Stats, best_per_label, cost_direction, format_value, short_key
 from .pareto import pareto_front
-from .tables import fmt_mean_pm
+from .tables import fmt_interval, fmt_mean_pm
 
 STYLE: dict[str, Any] = {
     "font.size": 10,
@@ -125,6 +125,17 @@ def _use_log(xs: Sequence[float], axis: CostAxis) -> bool:
     return max(pos) / min(pos) > 50
 
 
+def yerr(q: Stats) -> list[list[float]]:
+    """Asymmetric error bar [[below], [above]] from the interval, which stats.estimate already clipped
+    to the metric's range (so no bar leaves [0, 100] or goes below a perplexity of 1); 0 without one."""
+    if q.ci_low is None or q.ci_high is None:
+        return [[0.0], [0.0]]
+    lo, hi = q.ci_low, q.ci_high
+    if q.estimate is not None and q.estimate.metric_range is not None:
+        lo, hi = max(lo, q.estimate.metric_range[0]), min(hi, q.estimate.metric_range[1])
+    return [[max(0.0, q.mean - lo)], [max(0.0, hi - q.mean)]]
+
+
 def _floor(xs: Sequence[float]) -> float:
     """Where zero-cost points sit on a log axis: one decade below the smallest positive value."""
     pos = [x for x in xs if x > 0]
@@ -154,13 +165,21 @@ def quality_vs_cost(agg: Aggregate, task: str, axis: CostAxis, palette: Palette)
         xp = floor if at_floor else x
         label = g.label if g.label not in seen else None
         seen.add(g.label)
-        ax.errorbar(xp, q.mean, yerr=q.half_width or 0.0, fmt=palette.marker(g.label), ms=6,
+        ax.errorbar(xp, q.mean, yerr=yerr(q), fmt=palette.marker(g.label), ms=6,
                     color=palette.color(g.label), mfc="white" if at_floor else palette.color(g.label),
                     ecolor=palette.color(g.label), elinewidth=1, capsize=3, label=label, zorder=3)
+        if g.degenerate:
+            ax.scatter([xp], [q.mean], marker="x", s=80, color="#c0392b", lw=1.6, zorder=5,
+                       label="degenerate run(s)" if "\0degenerate" not in seen else None)
+            seen.add("\0degenerate")
+            ax.annotate("degenerate", (xp, q.mean), textcoords="offset points", xytext=(6, 4),
+                        fontsize=7, color="#c0392b")
         if at_floor:
             ax.annotate(f"{g.label}: 0", (xp, q.mean), textcoords="offset points", xytext=(6, -10),
                         fontsize=7, color="0.35")
-    front = pareto_front([(x, q.mean) for _, x, q in pts], d or "higher", cost_direction(axis.field) or "lower")
+    usable = [i for i, (g, _, _) in enumerate(pts) if not g.degenerate]  # degenerate runs never make the front
+    front = [usable[i] for i in pareto_front([(pts[i][1], pts[i][2].mean) for i in usable], d or "higher",
+                                             cost_direction(axis.field) or "lower")]
     if len(front) >= 1:
         fx = [floor if (floor is not None and pts[i][1] <= 0) else pts[i][1] for i in front]
         fy = [pts[i][2].mean for i in front]
@@ -347,7 +366,10 @@ def rank_lr_heatmap(agg: Aggregate, task: str, label: str) -> Figure | None:
         frac = 0.5 if hi == lo else (st.mean - lo) / (hi - lo)
         bright = frac > 0.6 if d != "lower" else frac < 0.4
         mean, pm = fmt_mean_pm(st)
-        txt = mean + (f"\n± {pm}" if pm is not None else f"\nn={st.n}")
+        ci = fmt_interval(st)
+        txt = mean + (f"\n± {pm}" if pm is not None else f"\n{ci}" if ci else f"\n{st.short_size}")
+        if g.degenerate:
+            txt += "\n⚠ degenerate"
         ax.text(j, i, txt, ha="center", va="center", fontsize=9, color="black" if bright else "white")
     for i in range(len(ranks)):
         for j in range(len(lrs)):
@@ -380,11 +402,14 @@ def _task_plots(agg: Aggregate, task: str, palette: Palette, out_dir: Path) -> l
     out: list[Plot] = []
     s = slug(task)
     captions = {
-        "params": "Mean primary metric ± 95% CI against the share of trainable parameters. Hollow "
-                  "markers at the left edge have 0 trainable parameters (placed one decade below the "
-                  "smallest non-zero value). Dashed: Pareto front.",
-        "time": "Mean primary metric ± 95% CI against mean training time. Dashed: Pareto front.",
-        "memory": "Mean primary metric ± 95% CI against mean peak memory. Dashed: Pareto front.",
+        "params": "Mean primary metric with its 95% interval (seeds × test examples, clipped to the metric's "
+                  "range) against the share of trainable parameters. Hollow markers at the left edge have 0 "
+                  "trainable parameters (placed one decade below the smallest non-zero value). Dashed: Pareto "
+                  "front. Red ×: degenerate runs (see the data notes).",
+        "time": "Mean primary metric with its 95% interval (clipped to the metric's range) against mean "
+                "training time. Dashed: Pareto front. Red ×: degenerate runs.",
+        "memory": "Mean primary metric with its 95% interval (clipped to the metric's range) against mean peak "
+                  "memory. Dashed: Pareto front. Red ×: degenerate runs.",
     }
     for axis in COST_AXES:
         fig = quality_vs_cost(agg, task, axis, palette)
@@ -396,8 +421,9 @@ def _task_plots(agg: Aggregate, task: str, palette: Palette, out_dir: Path) -> l
     for label in sorted({g.label for g in agg.groups_for(task, with_data=True)}):
         _emit(out, rank_lr_heatmap(agg, task, label), out_dir, f"heatmap_{s}_{slug(label)}",
               f"{task}: {label} rank × learning rate",
-              "Mean primary metric per (rank, learning rate) cell with CI half-width; brighter is "
-              "better. Other grid coordinates, if any, take their best value.", task)
+              "Mean primary metric per (rank, learning rate) cell with its 95% interval (± half-width, or "
+              "[low, high] where clipped to the metric's range); brighter is better. Other grid coordinates, "
+              "if any, take their best value.", task)
     return out
 
 

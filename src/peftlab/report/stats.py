@@ -138,9 +138,11 @@ __all__ = [
     "f1",
     "holm",
     "mean",
+    "named_statistic",
     "per_row",
     "perplexity",
     "precision",
+    "ratio",
     "recall",
 ]
 
@@ -167,6 +169,12 @@ def mean(x: np.ndarray) -> np.ndarray:
 def perplexity(x: np.ndarray) -> np.ndarray:
     """exp(total NLL / total tokens) from columns (nll_sum, n_tokens) per example."""
     return np.exp(np.sum(x[..., 0], axis=-1) / np.sum(x[..., 1], axis=-1))
+
+
+def ratio(x: np.ndarray) -> np.ndarray:
+    """Total of column 0 over total of column 1 (no exp): loss = nll_sum / n_tokens, bits per byte = (nll / ln 2) / bytes."""
+    den = np.sum(x[..., 1], axis=-1)
+    return np.divide(np.sum(x[..., 0], axis=-1), den, out=np.full(np.shape(den), np.nan), where=den != 0)
 
 
 def _confusion(x: np.ndarray, positive: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -220,6 +228,17 @@ def per_row(fn: Callable[[np.ndarray], float]) -> Statistic:
         return np.array([fn(rows) for rows in flat], dtype=float).reshape(x.shape[:-2])
 
     return stat
+
+
+def named_statistic(name: str) -> Statistic:
+    """The statistic a result's ``per_example`` mapping names: mean, perplexity, ratio, f1, precision, recall
+    (the last three of label 1 from columns (pred, gold), scale 100)."""
+    named: dict[str, Callable[[], Statistic]] = {
+        "mean": lambda: mean, "perplexity": lambda: perplexity, "ratio": lambda: ratio,
+        "f1": f1, "precision": precision, "recall": recall}
+    if name not in named:
+        raise ValueError(f"unknown statistic {name!r}; known: {', '.join(named)}")
+    return named[name]()
 
 
 def _apply(statistic: Statistic, x: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ from .aggregate import (
     Stats,
     Winner,
     best_per_label,
+    comparison_size,
     cost_direction,
     format_grid,
     format_value,
@@ -35,16 +36,38 @@ from .aggregate import (
 # ---------------------------------------------------------------------------------------------
 
 
+def _decimals(stats: Stats) -> int | None:
+    hw = stats.half_width
+    if hw is None or hw == 0 or not math.isfinite(hw):
+        return None
+    return min(8, max(0, 1 - math.floor(math.log10(hw))))
+
+
 def fmt_mean_pm(stats: Stats | None) -> tuple[str, str | None]:
     """Mean and CI half-width rounded together: the half-width to 2 significant digits and the
-    mean to the same decimal place, so no digit is shown that the interval says is noise."""
+    mean to the same decimal place, so no digit is shown that the interval says is noise.
+
+    The half-width is None when there is no interval or when the interval was clipped to the
+    metric's range (it is not symmetric then: show :func:`fmt_interval` instead)."""
     if stats is None:
         return "—", None
     hw = stats.half_width
-    if hw is None or hw == 0 or not math.isfinite(hw):
+    decimals = _decimals(stats)
+    if decimals is None:
         return fmt_sig(stats.mean), (None if hw is None else "0")
-    decimals = min(8, max(0, 1 - math.floor(math.log10(hw))))
+    if not stats.symmetric:
+        return f"{stats.mean:.{decimals}f}", None
     return f"{stats.mean:.{decimals}f}", f"{hw:.{decimals}f}"
+
+
+def fmt_interval(stats: Stats | None) -> str | None:
+    """'[lo, hi]' at the mean's precision (None without an interval)."""
+    if stats is None or stats.ci_low is None or stats.ci_high is None:
+        return None
+    decimals = _decimals(stats)
+    if decimals is None:
+        return f"[{fmt_sig(stats.ci_low)}, {fmt_sig(stats.ci_high)}]"
+    return f"[{stats.ci_low:.{decimals}f}, {stats.ci_high:.{decimals}f}]"
 
 
 @dataclass
@@ -108,12 +131,16 @@ def mark_best(table: Table) -> Table:
 
 
 def stat_cell(stats: Stats | None) -> Cell:
-    """Mean ± CI half-width, or ``n=1`` when a single seed gives no interval."""
+    """Mean ± half-width (or mean [lo, hi] when clipped to the metric's range) and the sample size
+    (seeds × examples, or "seeds only") as the note."""
     if stats is None:
         return Cell()
     text, pm = fmt_mean_pm(stats)
-    note = "n=1" if stats.n == 1 else None
-    return Cell(text, pm, note, stats.mean)
+    notes = []
+    if pm is None and stats.ci_low is not None:
+        notes.append(fmt_interval(stats) or "")
+    notes.append(stats.short_size)
+    return Cell(text, pm, ", ".join(n for n in notes if n), stats.mean)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,7 +307,7 @@ def _id_columns(groups: list[Group]) -> tuple[list[Column], list[str], bool]:
 
 
 def _id_cells(g: Group, keys: list[str], with_model: bool) -> list[Cell]:
-    cells = [Cell(g.label)]
+    cells = [Cell(g.label, note="⚠ degenerate" if g.degenerate else None, kind="degenerate" if g.degenerate else None)]
     if with_model:
         cells.append(Cell(str(g.model)))
     grid = g.grid_dict
@@ -318,16 +345,26 @@ def task_table(agg: Aggregate, task: str) -> Table:
             st = g.costs.get(name)
             row.append(Cell(fmt(st.mean if st else None), value=st.mean if st else None))
         rows.append(row)
-    caption = ("Mean ± 95% Student-t CI half-width over seeds (ok runs only); best per column in "
-               "bold; zero-cost rows (no training) are not bolded for cost columns.")
+    caption = _STATS_CAPTION + (" ⚠ degenerate: see the data notes (constant predictions, identical to base "
+                                "or a loss that never fell)." if any(g.degenerate for g in groups) else "")
     header, csv_rows = _task_csv(agg, task, groups, keys, metrics)
     return mark_best(Table(f"task_{task}", f"Task: {task}", cols, rows, caption, header, csv_rows))
 
 
+_STATS_CAPTION = ("Mean over seeds (ok runs only) with its 95% interval: ± half-width, or [low, high] where the "
+                  "interval is clipped to the metric's range; the note gives the sample size, seeds × test "
+                  "examples (two-level bootstrap over both; det. = deterministic, scored once), or 'seeds only' "
+                  "where no per-example scores were kept (interval over the per-seed values). Best per column in "
+                  "bold; zero-cost rows (no training) are not bolded for cost columns.")
+
+STAT_FIELDS = ("n", "n_examples", "mean", "std", "ci_low", "ci_high")
+
+
 def _stat_fields(st: Stats | None) -> list[Any]:
+    """n (seeds), n_examples ('' = seeds only), mean, std over seeds, interval bounds."""
     if st is None:
-        return ["", "", "", "", ""]
-    return [st.n, st.mean, "" if st.std is None else st.std,
+        return ["", "", "", "", "", ""]
+    return [st.n, "" if st.n_examples is None else st.n_examples, st.mean, "" if st.std is None else st.std,
             "" if st.ci_low is None else st.ci_low, "" if st.ci_high is None else st.ci_high]
 
 
@@ -335,14 +372,14 @@ def _task_csv(agg: Aggregate, task: str, groups: list[Group], keys: list[str],
               metrics: list[str]) -> tuple[list[str], list[list[Any]]]:
     """Raw numbers: every metric and cost as n, mean, std, ci_low, ci_high."""
     costs = [c for c in CSV_COSTS if any(c in g.costs for g in groups)]
-    header = ["task", "model", "label", "method", *keys, "seeds", "n_ok", "n_failed"]
+    header = ["task", "model", "label", "method", *keys, "seeds", "n_ok", "n_failed", "degenerate"]
     for name in [*metrics, *costs]:
-        header += [f"{name}_{s}" for s in ("n", "mean", "std", "ci_low", "ci_high")]
+        header += [f"{name}_{s}" for s in STAT_FIELDS]
     rows = []
     for g in groups:
         grid = g.grid_dict
         row = [task, g.model, g.label, g.method, *[grid.get(k, "") for k in keys],
-               " ".join(str(s) for s in g.seeds), g.n_ok, g.n_failed]
+               " ".join(str(s) for s in g.seeds), g.n_ok, g.n_failed, "; ".join(g.degenerate)]
         for m in metrics:
             row += _stat_fields(g.metrics.get(m))
         for c in costs:
@@ -365,7 +402,7 @@ def eval_table(agg: Aggregate, task: str) -> Table | None:
     rows = [_id_cells(g, keys, with_model) + [stat_cell(g.evals.get(e, {}).get(m)) for e, m in pairs]
             for g in groups]
     return mark_best(Table(f"decoding_{task}", f"Task: {task} — by decoding strategy", cols, rows,
-                           "Mean ± 95% CI over seeds per decoding strategy."))
+                           "Per decoding strategy. " + _STATS_CAPTION))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,57 +441,65 @@ def method_task_table(agg: Aggregate) -> Table | None:
             if g is not None and g.grid:
                 c.note = ", ".join(x for x in (c.note, format_grid(g.grid)) if x)
             row.append(c)
-            n, mean, _, lo, hi = _stat_fields(st)
-            csv_row += [n, mean, lo, hi]
+            n, n_ex, mean, _, lo, hi = _stat_fields(st)
+            csv_row += [n, n_ex, mean, lo, hi]
         rows.append(row)
         csv_rows.append(csv_row)
-    header = ["label"] + [f"{t}_{agg.primary[t]}_{s}" for t in tasks for s in ("n", "mean", "ci_low", "ci_high")]
+    header = ["label"] + [f"{t}_{agg.primary[t]}_{s}" for t in tasks
+                          for s in ("n", "n_examples", "mean", "ci_low", "ci_high")]
     return mark_best(Table("method_by_task", "Method × task (best configuration per method)", cols,
-                           rows, "Primary metric of each method's best grid configuration; mean ± "
-                           "95% CI; best per task in bold.", header, csv_rows))
+                           rows, "Primary metric of each method's best grid configuration. " + _STATS_CAPTION,
+                           header, csv_rows))
 
 
-def _verdict_text(w: Winner) -> str:
-    if w.paired is None:
-        return "only method"
-    v = w.paired.verdict
-    return {"better": "yes", "n.s.": "no (CI covers 0)", "n<2": "untested (<2 shared seeds)",
-            "worse": "no"}.get(v, v)
-
-
-def winners_table(agg: Aggregate) -> Table | None:
-    """Best method per task and whether a paired test separates it from the runner-up."""
-    ws = winners(agg)
+def winners_table(agg: Aggregate, ws: list[Winner] | None = None) -> Table | None:
+    """Best method per task against every other method: Δ, its interval, Holm-adjusted p, verdict."""
+    ws = winners(agg) if ws is None else ws
     if not ws:
         return None
-    cols = [Column("Task"), Column("Metric"), Column("Best"), Column("Mean", numeric=True),
-            Column("Runner-up"), Column("Mean", numeric=True),
-            Column("Δ (95% CI)", numeric=True, latex_title=r"$\Delta$ (95\% CI)"),
-            Column("Shared seeds", numeric=True), Column("Significant")]
+    cols = [Column("Task"), Column("Metric"), Column("Best"), Column("Value", numeric=True),
+            Column("vs"), Column("Value", numeric=True),
+            Column("Δ [95% CI]", numeric=True, latex_title=r"$\Delta$ [95\% CI]"),
+            Column("p (Holm)", numeric=True), Column("Seeds × examples", numeric=True), Column("Verdict")]
     rows, csv_rows = [], []
     for w in ws:
         bst = w.best.metrics.get(w.metric)
-        rst = w.runner_up.metrics.get(w.metric) if w.runner_up else None
-        p = w.paired
-        delta = Cell()
-        if p is not None and p.mean_diff is not None:
-            delta = Cell(fmt_sig(p.mean_diff, 3),
-                         note=None if p.ci_low is None else f"{fmt_sig(p.ci_low, 3)} … {fmt_sig(p.ci_high, 3)}")
         arrow = "↑" if w.direction == "higher" else "↓"
-        rows.append([Cell(w.task), Cell(f"{w.metric} {arrow}"), Cell(w.best.name, bold=w.significant),
-                     stat_cell(bst), Cell(w.runner_up.name if w.runner_up else "—"),
-                     stat_cell(rst), delta, Cell(str(p.n) if p else "—"), Cell(_verdict_text(w))])
-        csv_rows.append([w.task, w.metric, w.direction, w.best.name, bst.mean if bst else "",
-                         w.runner_up.name if w.runner_up else "", rst.mean if rst else "",
-                         p.mean_diff if p and p.mean_diff is not None else "",
-                         p.ci_low if p and p.ci_low is not None else "",
-                         p.ci_high if p and p.ci_high is not None else "",
-                         p.n if p else 0, w.significant])
-    header = ["task", "metric", "direction", "best", "best_mean", "runner_up", "runner_up_mean",
-              "diff_mean", "diff_ci_low", "diff_ci_high", "shared_seeds", "significant"]
+        entries = list(w.others) or [None]
+        for v in entries:
+            ost = v.other.metrics.get(w.metric) if v else None
+            c = v.comparison if v else None
+            delta = Cell()
+            if c is not None:
+                delta = Cell(f"{fmt_sig(c.difference, 3)} [{fmt_sig(c.lo, 3)}, {fmt_sig(c.hi, 3)}]",
+                             value=c.difference)
+            size = "—" if v is None else comparison_size(w, v)
+            verdict = "only method" if v is None else v.verdict
+            if v is not None and c is not None and c.degenerate:
+                verdict += " (degenerate)"
+            rows.append([Cell(w.task), Cell(f"{w.metric} {arrow}"),
+                         Cell(w.best.name, bold=w.resolved, note="⚠ degenerate" if w.best.degenerate else None),
+                         stat_cell(bst),
+                         Cell(v.other.name if v else "—", note="⚠ degenerate" if v and v.other.degenerate else None),
+                         stat_cell(ost), delta, Cell("—" if v is None else f"{v.p_adjusted:.2g}",
+                                                     value=None if v is None else v.p_adjusted),
+                         Cell(size), Cell(verdict, kind="verdict")])
+            csv_rows.append([w.task, w.metric, w.direction, w.best.name, bst.mean if bst else "",
+                             v.other.name if v else "", ost.mean if ost else "",
+                             c.difference if c else "", c.lo if c else "", c.hi if c else "",
+                             c.p_value if c else "", v.p_adjusted if v else "",
+                             c.n_seeds if c else "", c.n_examples if c else "",
+                             "per-example" if w.per_example else "seeds only",
+                             verdict, "; ".join(c.degenerate) if c else "", c.mde if c else ""])
+    header = ["task", "metric", "direction", "best", "best_mean", "other", "other_mean",
+              "diff", "diff_ci_low", "diff_ci_high", "p", "p_holm", "n_seeds", "n_examples", "pairing",
+              "verdict", "degenerate", "mde"]
     return Table("winners", "Winners per task", cols, rows,
-                 "Δ = best − runner-up (another method's best configuration), paired over shared "
-                 "seeds with a 95% t interval; the winner is bold only when the interval excludes 0.",
+                 "Δ = best − other (each method's best configuration), paired on the shared seeds and test "
+                 "examples (two-level bootstrap interval; p from a paired permutation test, Holm-adjusted over the "
+                 "comparisons with the winner). Verdict: better / worse / tied / not enough evidence — never from a "
+                 "zero-width interval or fewer than 2 units. 'seeds only': no per-example scores, the per-seed values "
+                 "are paired (the n is seeds). The winner is bold only when it is better than every other method.",
                  header, csv_rows)
 
 
@@ -499,10 +544,10 @@ def runs_table(agg: Aggregate) -> Table:
     return Table("runs", "All runs", [Column(h) for h in header], [], "", header, rows)
 
 
-def all_tables(agg: Aggregate) -> list[Table]:
+def all_tables(agg: Aggregate, ws: list[Winner] | None = None) -> list[Table]:
     """Every table of the report in display order (runs table last, CSV only)."""
     out: list[Table] = []
-    for t in (winners_table(agg), method_task_table(agg)):
+    for t in (winners_table(agg, ws), method_task_table(agg)):
         if t is not None:
             out.append(t)
     for task in agg.tasks:

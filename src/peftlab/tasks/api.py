@@ -47,7 +47,12 @@ class TaskHooks(Protocol):
 
     `to_messages` is optional for `kind: lm` tasks (their records are raw text); chat tasks need it.
     `evaluate` returns `{"metrics": {...}, "examples": n, ...}` and optionally `evaluations` (one per
-    decoding strategy), `samples` and `eval_tokens`.
+    decoding strategy), `samples` and `eval_tokens`, and per-example scores (docs/contracts.md,
+    "Per-example scores"): `scores`, a list of score sets `{"evaluation": name, "ids": [example id],
+    "values": {metric: [value per example]}, "statistics": {metric: statistic}}` (built with
+    `peftlab.tasks.common.score_set`; ids from `common.example_ids`), and in the result and in each
+    evaluation entry `per_example` {metric: statistic} and `per_example_source` {metric: score set
+    name} (`common.link`). The runner writes the score sets to `<run_dir>/examples.jsonl`.
     """
 
     def to_messages(self, spec: "TaskSpec", record: dict, args: dict, train: bool = True) -> list[dict]: ...

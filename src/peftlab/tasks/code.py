@@ -35,7 +35,7 @@ from typing import Any
 from peftlab.evaluation import metrics as M
 from peftlab.evaluation import sandbox
 from peftlab.tasks.api import EvalContext
-from peftlab.tasks.common import generation_eval, resolve_decodings, truncate_ids
+from peftlab.tasks.common import example_ids, generation_eval, resolve_decodings, truncate_ids
 from peftlab.tasks.registry import TaskSpec
 
 
@@ -82,7 +82,7 @@ def evaluate(spec: TaskSpec, ctx: EvalContext) -> dict:
     ks = sorted({int(k) for k in (ctx.args.get("k") or [1])})
     timeout = float(ctx.args.get("timeout_s") or 10.0)
 
-    def score(texts: list[list[str]], decoding: Any) -> tuple[dict, list[dict]]:
+    def score(texts: list[list[str]], decoding: Any) -> tuple[dict, list[dict], dict]:
         n = len(texts[0]) if texts else 1
         metrics: dict[str, float] = {
             "token_jaccard": M.mean_token_jaccard([outs[0] for outs in texts],
@@ -90,8 +90,9 @@ def evaluate(spec: TaskSpec, ctx: EvalContext) -> dict:
         }
         per = [{"token_jaccard": M.token_jaccard(outs[0], p["canonical_solution"])}
                for outs, p in zip(texts, problems)]
+        scores = {"token_jaccard": ("mean", [100.0 * r["token_jaccard"] for r in per])}
         if not execute:
-            return metrics, per
+            return metrics, per, scores
         pairs = [(p, c) for p, outs in zip(problems, texts) for c in outs]
         results = sandbox.check_many(pairs, timeout_s=timeout)
         correct, pos = [], 0
@@ -105,11 +106,13 @@ def evaluate(spec: TaskSpec, ctx: EvalContext) -> dict:
         for k in ks:
             if k <= n:
                 metrics[f"pass@{k}"] = M.mean_pass_at_k(counts, correct, k)
+                # the unbiased estimate per problem, in percent: its mean is the metric
+                scores[f"pass@{k}"] = ("mean", [100.0 * M.pass_at_k(c_n, c, k) for c_n, c in zip(counts, correct)])
         skipped = [k for k in ks if k > n]
         if skipped:
             ctx.log(f"code: pass@{skipped} need at least that many samples per problem (n={n}); not reported")
-        return metrics, per
+        return metrics, per, scores
 
     fields = [{"task_id": p.get("task_id")} for p in problems]
     return generation_eval(spec, ctx, prompts, score, sample_fields=fields, decodings=code_decodings(spec, ctx),
-                           extra=lambda decoding: {"executed": execute})
+                           extra=lambda decoding: {"executed": execute}, ids=example_ids(problems))

@@ -7,11 +7,18 @@
   budget, so the system prompt and the question are never the part that is lost.
 * `generation_eval` runs every decoding strategy over one set of prompts and builds the
   `evaluations` list of the result schema; the first strategy's metrics are the run's metrics.
+* `example_ids`, `score_set` and `link` keep per-example scores (docs/contracts.md, "Per-example
+  scores"): a hook returns `scores`, a list of score sets `{"evaluation", "ids", "values":
+  {metric: [value per example]}, "statistics": {metric: stats.py statistic}}`, and every
+  evaluation entry (and the hook's result, for the run's metrics) says in `per_example` /
+  `per_example_source` which statistic reproduces each metric and which score set holds it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,8 +32,79 @@ log = logging.getLogger("peftlab")
 DECODING_FIELDS = {f.name for f in dataclasses.fields(DecodingConfig)}
 _DEFAULT = DecodingConfig()
 
-# score(texts_per_prompt, decoding) -> (metrics, per-example sample fields)
-Scorer = Callable[[list[list[str]], DecodingConfig], tuple[dict[str, float], list[dict]]]
+# score(texts_per_prompt, decoding) -> (metrics, per-example sample fields[, per-example scores])
+# per-example scores: {metric: (statistic name, [value per prompt])}, see `score_set`
+Scorer = Callable[[list[list[str]], DecodingConfig], tuple]
+
+#: The score set of scoring without decoding (label log-likelihoods, teacher-forced loss, perplexity).
+LOGLIK = "loglik"
+#: Suffix of the score set of a second example set scored alongside (sentiment's in-domain sentences).
+IN_DOMAIN = ":in_domain"
+
+
+# ------------------------------------------------------------------------------ per-example scores
+
+
+def example_id(record: dict) -> str:
+    """A stable id of a test record: its own `id` / `task_id` when it has one, else a hash of its content.
+
+    The same record gets the same id in every run (any method, any seed), so per-example scores pair up.
+    """
+    for key in ("id", "task_id"):
+        value = record.get(key)
+        if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value) != "":
+            return str(value)
+    text = json.dumps(record, sort_keys=True, ensure_ascii=False, default=str)
+    return "sha1:" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+def example_ids(records: Sequence[dict]) -> list[str]:
+    """`example_id` of each record; a repeated id gets `#2`, `#3`... in order (still stable)."""
+    seen: dict[str, int] = {}
+    out = []
+    for record in records:
+        base = example_id(record)
+        seen[base] = seen.get(base, 0) + 1
+        out.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
+    return out
+
+
+def _value(v: Any) -> float | list[float]:
+    if isinstance(v, (list, tuple)):
+        return [float(x) for x in v]
+    return float(v)
+
+
+def score_set(evaluation: str, ids: Sequence[str], scores: dict[str, tuple[str, Sequence[Any]]]) -> dict:
+    """A score set: `scores` = {metric: (statistic name, [value per example])}, values aligned with `ids`."""
+    values = {}
+    for metric, (_, column) in scores.items():
+        if len(column) != len(ids):
+            raise ValueError(f"{evaluation}: {len(column)} per-example values of {metric} for {len(ids)} examples")
+        values[metric] = [_value(v) for v in column]
+    return {"evaluation": evaluation, "ids": list(ids), "values": values,
+            "statistics": {metric: stat for metric, (stat, _) in scores.items()}}
+
+
+def link(target: dict, scores: dict) -> None:
+    """Record in `target` (an evaluation entry, or a hook's result for the run's metrics) that those of its
+    `metrics` the score set `scores` holds are reproduced from it: `per_example` {metric: statistic} and
+    `per_example_source` {metric: score set name}."""
+    metrics = target.get("metrics") or {}
+    for metric, stat in scores["statistics"].items():
+        if metric in metrics:
+            target.setdefault("per_example", {})[metric] = stat
+            target.setdefault("per_example_source", {})[metric] = scores["evaluation"]
+
+
+def example_lines(score_sets: Sequence[dict]) -> list[dict]:
+    """The lines of examples.jsonl for these score sets: {"evaluation", "id", "values": {metric: value}}."""
+    lines = []
+    for ss in score_sets:
+        for i, id_ in enumerate(ss["ids"]):
+            lines.append({"evaluation": ss["evaluation"], "id": id_,
+                          "values": {m: column[i] for m, column in ss["values"].items()}})
+    return lines
 
 
 # ------------------------------------------------------------------------------ decoding
@@ -136,34 +214,48 @@ def _throughput(out: Any, n_prompts: int) -> dict[str, float]:
 def generation_eval(spec: Any, ctx: EvalContext, prompts: list[list[int]], score: Scorer,
                     sample_fields: list[dict] | None = None,
                     decodings: list[DecodingConfig] | None = None,
-                    extra: Callable[[DecodingConfig], dict] | None = None) -> dict:
+                    extra: Callable[[DecodingConfig], dict] | None = None,
+                    ids: Sequence[str] | None = None) -> dict:
     """Generate with every decoding strategy, score each, and build the evaluation dict.
 
-    Returns `{"metrics", "evaluations", "examples", "eval_tokens", "samples"}`: one entry of
+    Returns `{"metrics", "evaluations", "examples", "eval_tokens", "samples", "scores"}`: one entry of
     `evaluations` per strategy (`name`, `decoding` as a dict, `metrics`, `throughput`, plus
-    whatever `extra(decoding)` adds), the first strategy's metrics as the run's `metrics`, and
-    per-example samples (the first strategy's outputs joined with `sample_fields`).
+    whatever `extra(decoding)` adds), the first strategy's metrics as the run's `metrics`,
+    per-example samples (the first strategy's outputs joined with `sample_fields`) and, when the
+    scorer returns per-example scores, one score set per strategy named like it (`ids`: the
+    examples' ids, one per prompt), linked from its entry and from the run's metrics.
     """
     from peftlab.evaluation import generate as gen
 
     if not prompts:
         raise ValueError(f"task {spec.name}: no test records to evaluate (check limit_eval)")
     decodings = decodings if decodings is not None else resolve_decodings(spec, ctx.eval.decoding, ctx.args)
-    evaluations, samples, new_tokens = [], [], 0
+    evaluations, samples, new_tokens, score_sets = [], [], 0, []
     for i, decoding in enumerate(decodings):
         ctx.log(f"{spec.name}: generating {len(prompts)} x {decoding.num_return_sequences} "
                 f"with {decoding.name} (max_new_tokens={decoding.max_new_tokens})")
         out = gen.generate(ctx.model, ctx.tokenizer, prompts, decoding, batch_size=ctx.eval.batch_size,
                            device=ctx.device)
-        metrics, per_example = score(out.texts, decoding)
+        scored = score(out.texts, decoding)
+        metrics, per_example = scored[0], scored[1]
         entry = {"name": decoding.name, "decoding": dataclasses.asdict(decoding), "metrics": metrics,
                  "throughput": _throughput(out, len(prompts))}
         if extra is not None:
             entry.update(extra(decoding))
+        if len(scored) > 2 and scored[2]:
+            if ids is None:
+                raise ValueError(f"task {spec.name}: per-example scores need the examples' ids")
+            ss = score_set(decoding.name, ids, scored[2])
+            link(entry, ss)
+            score_sets.append(ss)
         evaluations.append(entry)
         new_tokens += int(out.new_tokens)
         if i == 0:
             fields = sample_fields or [{} for _ in prompts]
             samples = [{**f, "outputs": texts, **pe} for f, texts, pe in zip(fields, out.texts, per_example)]
-    return {"metrics": dict(evaluations[0]["metrics"]), "evaluations": evaluations, "examples": len(prompts),
-            "eval_tokens": new_tokens, "samples": samples}
+    result = {"metrics": dict(evaluations[0]["metrics"]), "evaluations": evaluations, "examples": len(prompts),
+              "eval_tokens": new_tokens, "samples": samples, "scores": score_sets}
+    for key in ("per_example", "per_example_source"):
+        if key in evaluations[0]:
+            result[key] = dict(evaluations[0][key])
+    return result

@@ -32,7 +32,7 @@ from peftlab.evaluation import metrics as M
 from peftlab.evaluation.scoring import nll_sum
 from peftlab.tasks.api import EvalContext
 from peftlab.tasks.chat import build_messages, render, render_prompt
-from peftlab.tasks.common import fit_text, generation_eval, n_tokens, prompt_overhead
+from peftlab.tasks.common import LOGLIK, example_ids, fit_text, generation_eval, link, n_tokens, prompt_overhead, score_set
 from peftlab.tasks.registry import TaskSpec
 
 EMPTY_INPUT = "(no input)"
@@ -73,17 +73,24 @@ def prompt_ids(spec: TaskSpec, record: dict, args: dict, tokenizer: Any, max_len
     return render_prompt(tokenizer, build_messages(instruction, user), max_length)
 
 
-@torch.no_grad()
 def answer_nll(spec: TaskSpec, ctx: EvalContext) -> tuple[float, int]:
     """Total NLL (nats) and count of the reference answers' labelled tokens, teacher-forced."""
+    nll, count = answer_nll_per_example(spec, ctx)
+    return float(sum(nll)), int(sum(count))
+
+
+@torch.no_grad()
+def answer_nll_per_example(spec: TaskSpec, ctx: EvalContext) -> tuple[list[float], list[int]]:
+    """NLL (nats) and count of each reference answer's labelled tokens, teacher-forced (in record order)."""
     tok = ctx.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     examples = [render(tok, to_messages(spec, r, ctx.args, train=True), ctx.max_length) for r in ctx.records]
-    examples.sort(key=lambda e: len(e["input_ids"]))  # similar lengths share a batch: less padding
-    total, count = 0.0, 0
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))  # less padding
+    nll_out, count_out = [0.0] * len(examples), [0] * len(examples)
     bs = max(1, ctx.eval.batch_size)
-    for s in range(0, len(examples), bs):
-        chunk = examples[s:s + bs]
+    for s in range(0, len(order), bs):
+        idx = order[s:s + bs]
+        chunk = [examples[i] for i in idx]
         width = max(len(e["input_ids"]) for e in chunk)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         labels = torch.full((len(chunk), width), -100, dtype=torch.long)
@@ -94,29 +101,35 @@ def answer_nll(spec: TaskSpec, ctx: EvalContext) -> tuple[float, int]:
             labels[row, :n] = torch.tensor(e["labels"])
             mask[row, :n] = 1
         nll, n_tok = nll_sum(ctx.model, ids.to(ctx.device), mask.to(ctx.device), labels.to(ctx.device))
-        total += float(nll.sum())
-        count += int(n_tok.sum())
-    return total, count
+        for i, v, c in zip(idx, nll.double().tolist(), n_tok.tolist()):
+            nll_out[i], count_out[i] = float(v), int(c)
+    return nll_out, count_out
 
 
 def evaluate(spec: TaskSpec, ctx: EvalContext) -> dict:
     records = ctx.records
     if not records:
         raise ValueError("instruct: no test records to evaluate (check limit_eval)")
-    total_nll, n_answer_tokens = answer_nll(spec, ctx)
+    nlls, counts = answer_nll_per_example(spec, ctx)
+    total_nll, n_answer_tokens = float(sum(nlls)), int(sum(counts))
     loss = total_nll / max(n_answer_tokens, 1)
     teacher_forced = {"loss": loss, "perplexity": M.perplexity_from_nll(total_nll, max(n_answer_tokens, 1))}
     ctx.log(f"instruct: held-out answer loss {loss:.4f} over {n_answer_tokens} tokens")
     refs = [r["output"] for r in records]
     prompts = [prompt_ids(spec, r, ctx.args, ctx.tokenizer, ctx.max_length) for r in records]
 
-    def score(texts: list[list[str]], decoding: Any) -> tuple[dict, list[dict]]:
+    def score(texts: list[list[str]], decoding: Any) -> tuple[dict, list[dict], dict]:
         preds = [outs[0].strip() for outs in texts]
         per = [{"rouge_l": 100.0 * M.rouge_l(p, ref)} for p, ref in zip(preds, refs)]
-        return {"rouge_l": M.mean_rouge_l(preds, refs)}, per
+        return {"rouge_l": M.mean_rouge_l(preds, refs)}, per, {"rouge_l": ("mean", [r["rouge_l"] for r in per])}
 
+    ids = example_ids(records)
     sample_fields = [{"id": r.get("id"), "reference": ref} for r, ref in zip(records, refs)]
-    result = generation_eval(spec, ctx, prompts, score, sample_fields=sample_fields)
+    result = generation_eval(spec, ctx, prompts, score, sample_fields=sample_fields, ids=ids)
     result["metrics"] = {**result["metrics"], **teacher_forced}
+    pairs = [[v, c] for v, c in zip(nlls, counts)]
+    forced = score_set(LOGLIK, ids, {"loss": ("ratio", pairs), "perplexity": ("perplexity", pairs)})
+    link(result, forced)
+    result["scores"] = [*result.get("scores", []), forced]
     result["eval_tokens"] = int(result.get("eval_tokens") or 0) + n_answer_tokens
     return result

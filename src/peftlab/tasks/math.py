@@ -26,7 +26,7 @@ from typing import Any
 from peftlab.evaluation.answers import answers_match, extract_flexible, extract_strict, normalize_number
 from peftlab.tasks.api import EvalContext
 from peftlab.tasks.chat import build_messages, render_prompt
-from peftlab.tasks.common import generation_eval
+from peftlab.tasks.common import example_ids, generation_eval
 from peftlab.tasks.registry import TaskSpec
 
 
@@ -59,17 +59,33 @@ def majority_answer(texts: list[str]) -> str | None:
 
 def score_outputs(texts: list[list[str]], golds: list[str]) -> tuple[dict[str, float], list[dict]]:
     """Metrics over all sequences, plus majority vote when there are several per problem."""
+    metrics, per, _ = score_outputs_per_example(texts, golds)
+    return metrics, per
+
+
+def score_outputs_per_example(texts: list[list[str]], golds: list[str]) -> tuple[dict[str, float], list[dict], dict]:
+    """`score_outputs` plus per-problem scores {metric: ("mean", [percent per problem])}: the share of a
+    problem's sequences that are right (every problem has the same number), the majority vote's 100/0."""
     strict_ok = flexible_ok = errors = total = 0
     per = []
     several = any(len(outs) > 1 for outs in texts)
     majority_ok = 0
+    columns: dict[str, list[float]] = {"exact_match": [], "exact_match_flexible": [], "format_error_rate": []}
+    if several:
+        columns["exact_match_majority"] = []
     for outs, gold in zip(texts, golds):
         declared = [extract_strict(t) for t in outs]
         ok = [answers_match(d, gold) for d in declared]
+        flexible = sum(answers_match(extract_flexible(t), gold) for t in outs)
+        missing = sum(d is None for d in declared)
         strict_ok += sum(ok)
-        flexible_ok += sum(answers_match(extract_flexible(t), gold) for t in outs)
-        errors += sum(d is None for d in declared)
+        flexible_ok += flexible
+        errors += missing
         total += len(outs)
+        n = max(len(outs), 1)
+        columns["exact_match"].append(100.0 * sum(ok) / n)
+        columns["exact_match_flexible"].append(100.0 * flexible / n)
+        columns["format_error_rate"].append(100.0 * missing / n)
         row = {"extracted": declared[0] if len(declared) == 1 else declared,
                "correct": ok[0] if len(ok) == 1 else ok}
         if several:
@@ -77,13 +93,14 @@ def score_outputs(texts: list[list[str]], golds: list[str]) -> tuple[dict[str, f
             row["majority"] = vote
             row["majority_correct"] = answers_match(vote, gold)
             majority_ok += row["majority_correct"]
+            columns["exact_match_majority"].append(100.0 * row["majority_correct"])
         per.append(row)
     total = max(total, 1)
     metrics = {"exact_match": 100.0 * strict_ok / total, "exact_match_flexible": 100.0 * flexible_ok / total,
                "format_error_rate": 100.0 * errors / total}
     if several:
         metrics["exact_match_majority"] = 100.0 * majority_ok / max(len(golds), 1)
-    return metrics, per
+    return metrics, per, {m: ("mean", column) for m, column in columns.items()}
 
 
 def evaluate(spec: TaskSpec, ctx: EvalContext) -> dict:
@@ -93,7 +110,7 @@ def evaluate(spec: TaskSpec, ctx: EvalContext) -> dict:
                for r in records]
 
     def score(texts: list[list[str]], decoding: Any) -> tuple[dict, list[dict]]:
-        return score_outputs(texts, golds)
+        return score_outputs_per_example(texts, golds)
 
     fields = [{"id": r.get("id"), "question": r["question"], "answer": g} for r, g in zip(records, golds)]
-    return generation_eval(spec, ctx, prompts, score, sample_fields=fields)
+    return generation_eval(spec, ctx, prompts, score, sample_fields=fields, ids=example_ids(records))

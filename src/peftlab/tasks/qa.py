@@ -23,7 +23,7 @@ from typing import Any
 from peftlab.evaluation import metrics as M
 from peftlab.tasks.api import EvalContext
 from peftlab.tasks.chat import build_messages, render_prompt
-from peftlab.tasks.common import fit_text, generation_eval, prompt_overhead
+from peftlab.tasks.common import example_ids, fit_text, generation_eval, prompt_overhead
 from peftlab.tasks.registry import TaskSpec
 
 SLACK = 4
@@ -82,7 +82,9 @@ def evaluate(spec: TaskSpec, ctx: EvalContext) -> dict:
         metrics = {"exact_match": M.squad_exact_match(preds, golds), "f1": M.squad_f1(preds, golds)}
         per = [{"prediction": p, "exact_match": M.squad_exact_match_single(p, g),
                 "f1": M.squad_f1_single(p, g)} for p, g in zip(preds, golds)]
-        return metrics, per
+        scores = {"exact_match": ("mean", [100.0 * r["exact_match"] for r in per]),
+                  "f1": ("mean", [100.0 * r["f1"] for r in per])}
+        return metrics, per, scores
 
     fields = [{"id": r.get("id"), "question": r["question"], "answers": g} for r, g in zip(records, golds)]
-    return generation_eval(spec, ctx, prompts, score, sample_fields=fields)
+    return generation_eval(spec, ctx, prompts, score, sample_fields=fields, ids=example_ids(records))

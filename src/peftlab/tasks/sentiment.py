@@ -40,7 +40,17 @@ from peftlab.evaluation.answers import extract_label
 from peftlab.evaluation.scoring import aligned_logits, choice_logprobs
 from peftlab.tasks.api import EvalContext
 from peftlab.tasks.chat import build_messages, render_prompt
-from peftlab.tasks.common import fit_text, generation_eval, prompt_overhead, resolve_decodings
+from peftlab.tasks.common import (
+    IN_DOMAIN,
+    LOGLIK,
+    example_ids,
+    fit_text,
+    generation_eval,
+    link,
+    prompt_overhead,
+    resolve_decodings,
+    score_set,
+)
 from peftlab.tasks.registry import TaskSpec
 
 SLACK = 4  # tokens kept free for boundary merges when a field is re-tokenized inside the template
@@ -71,6 +81,19 @@ def fitted_messages(spec: TaskSpec, record: dict, args: dict, tokenizer: Any, ma
 def classification_metrics(golds: list[int], preds: list[int | None]) -> dict[str, float]:
     return {"accuracy": M.accuracy(golds, preds), "f1": M.f1(golds, preds),
             "precision": M.precision(golds, preds), "recall": M.recall(golds, preds)}
+
+
+def classification_scores(golds: list[int], preds: list[int | None]) -> dict[str, tuple[str, list]]:
+    """Per-example scores of `classification_metrics`: accuracy 100/0 ("mean"); f1/precision/recall from
+    [prediction, gold] of label 1. An unreadable prediction counts as the wrong label, as in the metrics."""
+    read = [p if p in (0, 1) else 1 - g for g, p in zip(golds, preds)]
+    pairs = [[p, g] for g, p in zip(golds, read)]
+    return {"accuracy": ("mean", [100.0 * (p == g) for g, p in zip(golds, read)]),
+            "f1": ("f1", pairs), "precision": ("precision", pairs), "recall": ("recall", pairs)}
+
+
+def in_domain_scores(golds: list[int], preds: list[int | None]) -> dict[str, tuple[str, list]]:
+    return {"in_domain_accuracy": ("mean", [100.0 * (p == g) for g, p in zip(golds, preds)])}
 
 
 @torch.no_grad()
@@ -153,6 +176,7 @@ def evaluate(spec: TaskSpec, ctx: EvalContext) -> dict:
     if not ctx.records:
         raise ValueError("sentiment: no test records to evaluate (check limit_eval)")
     golds = [int(r["label"]) for r in ctx.records]
+    ids = example_ids(ctx.records)
     in_domain = _in_domain_records(spec, ctx)
     words = label_words(ctx.args)
 
@@ -162,31 +186,39 @@ def evaluate(spec: TaskSpec, ctx: EvalContext) -> dict:
         metrics = classification_metrics(golds, preds)
         ctx.log(f"sentiment: scored {len(preds)} test reviews by label log-likelihood "
                 f"in {time.perf_counter() - t0:.1f}s")
+        score_sets = [score_set(LOGLIK, ids, classification_scores(golds, preds))]
         if in_domain:
             t0 = time.perf_counter()
             id_preds, _, id_tokens = loglik_predictions(spec, ctx, in_domain)
-            metrics["in_domain_accuracy"] = M.accuracy([int(r["label"]) for r in in_domain], id_preds)
+            id_golds = [int(r["label"]) for r in in_domain]
+            metrics["in_domain_accuracy"] = M.accuracy(id_golds, id_preds)
+            score_sets.append(score_set(LOGLIK + IN_DOMAIN, example_ids(in_domain), in_domain_scores(id_golds, id_preds)))
             tokens += id_tokens
             ctx.log(f"sentiment: scored {len(id_preds)} held-out sentences in {time.perf_counter() - t0:.1f}s")
         samples = [{"index": i, "label": g, "prediction": p, "logprob": dict(zip(words, s))}
                    for i, (g, p, s) in enumerate(zip(golds, preds, scores))]
-        return {"metrics": metrics, "evaluations": [], "examples": len(golds), "eval_tokens": tokens,
-                "samples": samples}
+        result = {"metrics": metrics, "evaluations": [], "examples": len(golds), "eval_tokens": tokens,
+                  "samples": samples, "scores": score_sets}
+        for ss in score_sets:
+            link(result, ss)
+        return result
 
     decodings = resolve_decodings(spec, ctx.eval.decoding, ctx.args)
     id_prompts = _generation_prompts(spec, ctx, in_domain) if in_domain else []
     id_golds = [int(r["label"]) for r in in_domain]
 
-    def score(texts: list[list[str]], decoding: Any) -> tuple[dict, list[dict]]:
+    def score(texts: list[list[str]], decoding: Any) -> tuple[dict, list[dict], dict]:
         parsed = _parse(texts, words)
         first = [p[0] for p in parsed]  # the first returned sequence is the answer
         metrics = classification_metrics(golds, first)
         metrics["format_error_rate"] = 100.0 * sum(p is None for p in first) / len(first)
         per = [{"label": g, "prediction": p} for g, p in zip(golds, first)]
-        return metrics, per
+        scores = classification_scores(golds, first)
+        scores["format_error_rate"] = ("mean", [100.0 * (p is None) for p in first])
+        return metrics, per, scores
 
     result = generation_eval(spec, ctx, _generation_prompts(spec, ctx, ctx.records), score,
-                             sample_fields=[{"index": i} for i in range(len(golds))], decodings=decodings)
+                             sample_fields=[{"index": i} for i in range(len(golds))], decodings=decodings, ids=ids)
     if id_prompts:
         from peftlab.evaluation import generate as gen
 
@@ -195,6 +227,11 @@ def evaluate(spec: TaskSpec, ctx: EvalContext) -> dict:
                                device=ctx.device)
             first = [p[0] for p in _parse(out.texts, words)]
             entry["metrics"]["in_domain_accuracy"] = M.accuracy(id_golds, first)
+            ss = score_set(decoding.name + IN_DOMAIN, example_ids(in_domain), in_domain_scores(id_golds, first))
+            link(entry, ss)
+            result["scores"].append(ss)
             result["eval_tokens"] += int(out.new_tokens)
         result["metrics"]["in_domain_accuracy"] = result["evaluations"][0]["metrics"]["in_domain_accuracy"]
+        for key in ("per_example", "per_example_source"):
+            result[key] = dict(result["evaluations"][0].get(key) or {})
     return result
