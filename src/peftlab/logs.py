@@ -15,6 +15,9 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*gemm_4bit.*")
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # peft vs transformers 5 deprecation
     warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")  # peft sets it for GPT-2's Conv1D itself
+    # peft's prefix-tuning forward (training) still passes `past_key_values`, which transformers 5.24
+    # renamed `cache`; pyproject caps transformers below 5.40, where the old name goes
+    warnings.filterwarnings("ignore", message="`past_key_values` is deprecated", category=FutureWarning)
     for name in ("transformers", "peft", "accelerate", "bitsandbytes"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
