@@ -13,7 +13,7 @@ import logging
 import numpy as np
 import pytest
 from conftest import build_model, build_tokenizer
-from test_tasks import FAST, RECORDS, make_ctx, stub_generate
+from test_tasks import RECORDS, fast_args, make_ctx, stub_generate
 
 from peftlab.config import DecodingConfig, parse_experiment
 from peftlab.evaluation.sandbox import ALLOW_CODE_EXECUTION_ENV
@@ -65,12 +65,7 @@ def check_hook_output(out: dict, complete: bool = True) -> dict:
 
 @pytest.mark.parametrize("name", ["sentiment", "qa", "math", "code", "instruct"])
 def test_each_task_reproduces_its_metrics_on_the_tiny_model(name, model, tok):
-    args = dict(FAST)
-    if name == "sentiment":
-        args = {"in_domain": False}
-    if name == "code":
-        args["execute"] = False
-    spec, ctx = make_ctx(name, model, tok, args=args)
+    spec, ctx = make_ctx(name, model, tok, args=fast_args(name))
     values = check_hook_output(spec.module.evaluate(spec, ctx))
     first = "loglik" if name == "sentiment" else "greedy"
     assert sorted(values[first]) == sorted(example_ids(RECORDS[name]))

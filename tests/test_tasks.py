@@ -51,6 +51,13 @@ ANSWERS = {"sentiment": "positive", "qa": "paris", "math": "6 * 7 = 42\nFinal An
 FAST = {"max_new_tokens": 3}
 
 
+def fast_args(name: str) -> dict:
+    """Task arguments for a quick evaluation on the tiny model (no in-domain pass, no code execution)."""
+    if name == "sentiment":
+        return {"in_domain": False}
+    return {**FAST, "execute": False} if name == "code" else dict(FAST)
+
+
 @pytest.fixture(scope="module")
 def tok():
     return build_tokenizer()
@@ -225,12 +232,7 @@ def test_task_generation_defaults_and_overrides():
 
 @pytest.mark.parametrize("name", TASKS)
 def test_evaluate_end_to_end_returns_declared_metrics(name, model, tok):
-    args = dict(FAST)
-    if name == "sentiment":
-        args = {"in_domain": False}
-    if name == "code":
-        args["execute"] = False
-    spec, ctx = make_ctx(name, model, tok, args=args)
+    spec, ctx = make_ctx(name, model, tok, args=fast_args(name))
     out = spec.module.evaluate(spec, ctx)
     expected = {"sentiment": {"accuracy", "f1", "precision", "recall"}, "qa": {"exact_match", "f1"},
                 "math": {"exact_match", "exact_match_flexible", "format_error_rate"},
