@@ -19,10 +19,10 @@ from typing import Any
 import torch
 
 from peftlab.config import DecodingConfig
-from peftlab.methods.virtual_tokens import CACHE_ARGUMENTS, cache_argument, hf_generate, hf_model
+from peftlab.methods.virtual_tokens import hf_generate, hf_model
 
 __all__ = ["GenerationOutput", "generate", "hf_generate", "generation_kwargs", "eos_token_ids", "left_pad",
-           "cut_at_stop", "StopOnStrings", "cache_argument", "CACHE_ARGUMENTS"]
+           "cut_at_stop", "StopOnStrings"]
 
 
 @dataclass
