@@ -119,10 +119,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     report_dir = getattr(args, "report_dir", None)
     if report_dir:
         from peftlab.report import write_report
-        from peftlab.report.aggregate import store_examples_loader
 
         paths = write_report(store.results(experiment=exp.name), Path(report_dir), title=exp.name,
-                             examples=store_examples_loader(store))
+                             examples=store.read_examples)
         print(f"report: {paths.get('report.html') or paths.get('summary.md') or report_dir}")
     else:
         print(f"see: peftlab ls runs --store {store.root} --experiment {exp.name}  |  "

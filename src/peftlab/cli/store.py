@@ -49,14 +49,13 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from peftlab import report
-    from peftlab.report.aggregate import store_examples_loader
     from peftlab.store import Store
 
     check_dir(args.out, "--out")
     filters = {"experiment": args.experiment} if args.experiment else {}
     store = Store(args.store, readonly=True)
     paths = report.write_report(store.results(**filters), Path(args.out), title=args.title,
-                                examples=store_examples_loader(store))
+                                examples=store.read_examples)
     for name, path in paths.items():
         print(f"{name:<10} {path}")
     return 0

@@ -25,7 +25,6 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -177,39 +176,6 @@ def metric_range(metric: str, statistic: str | None, values: Iterable[float] = (
 
 ExampleScores = dict[str, dict[Any, dict[str, Any]]]  # {evaluation: {example id: {metric: value}}}
 ExampleLoader = Callable[[str], ExampleScores]
-
-
-def read_examples_file(path: str | Path) -> ExampleScores:
-    """``examples.jsonl`` → ``{evaluation: {id: {metric: value}}}`` ({} when missing; bad lines skipped)."""
-    out: ExampleScores = {}
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError):
-        return out
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(rec, dict) or not isinstance(rec.get("values"), dict) or "id" not in rec:
-            continue
-        ex_id = rec["id"]
-        ex_id = json.dumps(ex_id, sort_keys=True) if isinstance(ex_id, (list, dict)) else ex_id
-        out.setdefault(str(rec.get("evaluation") or "eval"), {}).setdefault(ex_id, {}).update(rec["values"])
-    return out
-
-
-def store_examples_loader(store: Any) -> ExampleLoader:
-    """Per-example scores of a run from a store: ``Store.read_examples`` when it exists, else the run
-    directory's ``examples.jsonl`` (``<store root>/<run_id>/examples.jsonl``)."""
-    reader = getattr(store, "read_examples", None)
-    if callable(reader):
-        return lambda run_id: reader(run_id) or {}
-    root = Path(store.root)
-    return lambda run_id: read_examples_file(root / str(run_id) / "examples.jsonl")
 
 
 @dataclass(frozen=True)
@@ -727,7 +693,7 @@ def aggregate(results: Iterable[dict], examples: ExampleLoader | Mapping[str, Ex
     """Group result dicts by configuration and compute their statistics.
 
     ``examples``: per-example scores of a run, ``run_id -> {evaluation: {id: {metric: value}}}`` (a
-    callable such as :func:`store_examples_loader` or a mapping); without them every interval is
+    callable such as ``Store.read_examples`` or a mapping); without them every interval is
     over the per-seed values only ("seeds only").
 
     Why group on model too: the same label on two base models is two different experiments,

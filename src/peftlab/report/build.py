@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .aggregate import Aggregate, ExampleLoader, ExampleScores, Winner, aggregate, store_examples_loader, winners
+from .aggregate import Aggregate, ExampleLoader, ExampleScores, Winner, aggregate, winners
 from .html import findings, provenance, render_html
 from .plots import Plot, slug, write_plots
 from .tables import Table, all_tables, md_escape, to_csv, to_latex, to_markdown
@@ -130,13 +130,11 @@ def _default_title(results: list[Any]) -> str:
 def write_report_from_store(store_root: str | Path, out_dir: str | Path, title: str | None = None,
                             **filters: Any) -> dict[str, Path]:
     """Same as :func:`write_report` but reads ``Store(store_root).results(**filters)`` and each run's
-    per-example scores (``Store.read_examples``, or ``<store root>/<run_id>/examples.jsonl``).
+    per-example scores (``Store.read_examples``).
 
     The import is deferred so the report (and its tests) work without the store module.
     """
     from peftlab.store import Store
 
     store = Store(store_root, readonly=True)
-    if not hasattr(store, "root"):
-        store.root = Path(store_root)  # type: ignore[attr-defined]
-    return write_report(store.results(**filters), Path(out_dir), title, examples=store_examples_loader(store))
+    return write_report(store.results(**filters), Path(out_dir), title, examples=getattr(store, "read_examples", None))
