@@ -10,6 +10,7 @@ import io
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -155,7 +156,11 @@ def test_qlora_merges_into_a_dequantized_copy_and_reports_drift(tmp_path, model_
 
     _, run_dir = make_run(tmp_path, model_dir, "qlora", quantize=True)
     out = tmp_path / "merged"
-    assert main(["adapters", "merge", str(run_dir), "--out", str(out)]) == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["adapters", "merge", str(run_dir), "--out", str(out)]) == 0
+    # peft's "Merge lora module to 4-bit linear" would contradict the note that nothing merged into 4-bit layers
+    assert not [w for w in caught if "4-bit linear" in str(w.message)]
     text = capsys.readouterr().out
     assert "qlora drift" in text and "de-quantized" in text and "→ ok" in text
     report = json.loads((out / "peftlab_merge.json").read_text())
@@ -164,6 +169,10 @@ def test_qlora_merges_into_a_dequantized_copy_and_reports_drift(tmp_path, model_
     assert q["drift_if_merged_into_4bit"] > q["drift"], "merging into the 4-bit layers should drift more"
     config = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in config
+    with warnings.catch_warnings(record=True) as caught:  # -v lets peft's own warning through
+        warnings.simplefilter("always")
+        assert merge(run_dir, out, overwrite=True, verbose=True).ok
+    assert [w for w in caught if "4-bit linear" in str(w.message)]
 
 
 # ------------------------------------------------------------------------------------ heads
@@ -325,17 +334,20 @@ def test_evaluate_appends_strategies_without_retraining(tmp_path, model_dir, fak
     assert result["status"] == "ok", result["error"]
     adapter_mtime = (store.run_dir(rc.run_id()) / "adapter" / "adapter_model.safetensors").stat().st_mtime
     before = [e["name"] for e in result["evaluations"]]
+    assert before == ["greedy"]
     argv = ["evaluate", rc.run_id(), "--store", str(store.root), "--decoding", "greedy,top_k=5:seed=1",
             "--limit-eval", "2"]
     assert main(argv) == 0
-    assert "recorded 2 evaluation(s)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "recorded 1 evaluation(s)" in out and "skipped greedy: the run has this evaluation already" in out
     after = json.loads((store.run_dir(rc.run_id()) / "result.json").read_text())["evaluations"]
-    assert [e["name"] for e in after] == before + ["greedy", "top_k=5:seed=1"]
+    assert [e["name"] for e in after] == ["greedy", "top_k=5:seed=1"]  # the run's greedy is not stored twice
     new = after[len(before):]
     assert all(e["source"] == "peftlab evaluate" and e["throughput"]["tokens_per_s"] >= 0 for e in new)
-    assert main(argv) == 0  # an identical re-evaluation replaces its older copy
+    assert main(argv) == 0  # both are there now: nothing to do
+    assert "recorded 0 evaluation(s)" in capsys.readouterr().out
     again = json.loads((store.run_dir(rc.run_id()) / "result.json").read_text())["evaluations"]
-    assert len(again) == len(after)
+    assert again == after
     indexed = store.results()[0]["evaluations"]
     assert len(indexed) == len(again), "the index row follows result.json"
     assert (store.run_dir(rc.run_id()) / "adapter" / "adapter_model.safetensors").stat().st_mtime == adapter_mtime

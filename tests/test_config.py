@@ -85,7 +85,7 @@ def test_grid_multiplies_only_the_methods_it_names() -> None:
     by_label = {}
     for r in runs:
         by_label.setdefault(r.method.label, []).append(r)
-    assert len(by_label["base"]) == 2            # seeds only: base never trains
+    assert len(by_label["base"]) == 1            # base never trains: no grid point, no seed changes it
     assert len(by_label["lora"]) == 3 * 2 * 2    # r × lr × seeds
     assert len(by_label["prompt"]) == 2 * 2      # lr × seeds
     assert {r.method.args["r"] for r in by_label["lora"]} == {4, 8, 16}
@@ -149,3 +149,16 @@ def test_warmup_longer_than_the_run_is_refused_by_validation() -> None:
     e = exp(methods=["base", "lora"], train={"max_steps": 3})  # parsing alone accepts it (presets may fix it)
     with pytest.raises(ConfigError, match=r"train.max_steps \(3\) must be greater than train.warmup_steps \(100\)"):
         validate(e)
+
+
+def test_list_valued_task_args_read_the_same_in_every_spelling():
+    """`k: 1,5`, `k: [1, 5]` and `--set task.k=1,5` are one list (code's k defaults to a list); a single
+    value is a one-item list."""
+    from peftlab.config import apply_overrides, parse_experiment
+
+    def task(args):
+        return parse_experiment({"name": "x", "task": {"code": {"args": args}}, "methods": ["lora"]}).tasks[0]
+
+    assert task({"k": "1,5"}) == task({"k": [1, 5]}) and task({"k": 1}).args == {"k": [1]}
+    raw = apply_overrides({"name": "x", "task": {"code": {}}, "methods": ["lora"]}, ["task.k=1,5"])
+    assert parse_experiment(raw).tasks[0] == task({"k": [1, 5]})

@@ -179,7 +179,7 @@ def check_run(store: Store, result: dict) -> dict:
     values = store.read_examples(result["run_id"])
     reproduce(on_disk["per_example"], on_disk["per_example_source"], on_disk["metrics"], values)
     assert set(on_disk["per_example"]) == set(on_disk["metrics"])
-    for entry in on_disk["evaluations"]:
+    for entry in [*on_disk["evaluations"], *(on_disk.get("retention") or {}).values()]:
         reproduce(entry["per_example"], entry["per_example_source"], entry["metrics"], values)
     return values
 
@@ -194,7 +194,10 @@ def test_runs_keep_examples_with_the_same_ids_across_methods_and_seeds(task, tin
     for rc in rcs:
         values = check_run(store, execute_run(rc, store))
         ids.append({name: sorted(rows) for name, rows in values.items()})
-    assert ids[0] == ids[1] == ids[2] and all(len(v) == 4 for name, v in ids[0].items() if ":" not in name)
+    assert ids[0] == ids[1] == ids[2]
+    assert all(len(v) == 4 for name, v in ids[0].items() if ":" not in name and name != "forgetting")
+    # forgetting: the same 32 general-text paragraphs for every run (an lm run measures its own text instead)
+    assert ("forgetting" in ids[0]) == (task != "lm") and len(ids[0].get("forgetting", [0] * 32)) == 32
 
 
 def test_reevaluation_adds_its_lines_and_keeps_the_others(tiny_llama_dir, tmp_path, fake_records):
@@ -205,20 +208,20 @@ def test_reevaluation_adds_its_lines_and_keeps_the_others(tiny_llama_dir, tmp_pa
                              task_args={"scoring": "generate", "max_new_tokens": 2, "in_domain_limit": 2}))
     run_id = rc.run_id()
     before = check_run(store, execute_run(rc, store))
-    assert set(before) == {"greedy", "greedy:in_domain"}
+    assert set(before) == {"greedy", "greedy:in_domain", "forgetting"}
     evaluate_run(run_id, "top_k=5:seed=1", store=store.root)
     after = check_run(store, store.read_result(run_id))
-    assert set(after) == {"greedy", "greedy:in_domain", "top_k=5:seed=1", "top_k=5:seed=1:in_domain"}
-    assert after["greedy"] == before["greedy"]
+    assert set(after) == {"greedy", "greedy:in_domain", "top_k=5:seed=1", "top_k=5:seed=1:in_domain", "forgetting"}
+    assert after["greedy"] == before["greedy"] and after["forgetting"] == before["forgetting"]
     # the same strategy again, as `peftlab evaluate`: the run's own greedy lines stay, the new ones get a name
-    evaluate_run(run_id, "greedy", store=store.root, limit_eval=2)
+    evaluate_run(run_id, "greedy", store=store.root, limit_eval=2, force=True)
     result = store.read_result(run_id)
     values = check_run(store, result)
     assert values["greedy"] == before["greedy"]
     (renamed,) = {s for s in values if s.startswith("greedy@")}
     assert renamed.replace("greedy", "greedy:in_domain", 1) in values
     assert len(values[renamed]) == 2 and result["evaluations"][-1]["per_example_source"]["accuracy"] == renamed
-    evaluate_run(run_id, "greedy", store=store.root, limit_eval=2)  # identical: replaces the previous copy
+    evaluate_run(run_id, "greedy", store=store.root, limit_eval=2, force=True)  # identical: replaces the previous copy
     again = check_run(store, store.read_result(run_id))
     assert len([s for s in again if "@" in s]) == 2  # its set and its in-domain set, once
     assert not list(store.run_dir(run_id).glob(".examples.jsonl.*"))  # no temp files left

@@ -697,3 +697,304 @@ def test_perplexity_from_per_example_nll():
     assert st.deterministic and st.n_examples == N_EX and st.ci_low >= 1 and st.half_width > 0
     [w] = winners(agg)
     assert w.best.label == "lora" and w.others[0].verdict == "better"
+
+
+# ---------------------------------------------------------------------------------------------
+# Acting on the report: configurations, samples, per-example view, recommendation, errors, plots
+# ---------------------------------------------------------------------------------------------
+
+TRACEBACK = ('Traceback (most recent call last):\n  File "runner.py", line 83, in run\n    _execute(rc)\n'
+             'KeyError: \'q_proj\'\n\nDuring handling of the above exception, another exception occurred:\n\n'
+             'Traceback (most recent call last):\n  File "train.py", line 201, in train\n    loss.backward()\n'
+             'torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n')
+
+
+def test_error_line_is_the_exception_not_the_traceback_header():
+    from peftlab.report.aggregate import error_line
+
+    assert error_line(TRACEBACK) == "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert error_line("evaluation diverged: metric perplexity is inf") == "evaluation diverged: metric perplexity is inf"
+    assert error_line("\n  CUDA out of memory\ntrace...") == "CUDA out of memory"
+    assert error_line({"message": "nan loss"}) == "nan loss" and error_line(None) == ""
+    # a multi-line exception message: its first line, not the frames above it
+    assert error_line('Traceback (most recent call last):\n  File "x.py", line 1\nValueError: bad\nmore text') == \
+        "ValueError: bad"
+
+
+def test_failed_run_shows_its_exception(tmp_path):
+    runs = [make_result("lm", "ia3", s, 20.0 + s) for s in range(2)]
+    runs.append(make_result("lm", "ia3", 2, None, status="failed", error=TRACEBACK))
+    write_report(runs, tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    err = re.search(r'<td class="err">(.*?)<details>', page, re.S).group(1)
+    assert err == "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert "Traceback (most recent call last):" in page.split('<td class="err">', 1)[1].split("</details>", 1)[0]
+    [row] = list(csv.DictReader((tmp_path / "tables/failed_runs.csv").open()))
+    assert row["message"] == err and row["error"].startswith("Traceback")
+    assert "torch.OutOfMemoryError: CUDA out of memory" in (tmp_path / "summary.md").read_text()
+
+
+def _config_runs() -> list[dict]:
+    runs = []
+    for label, lr in (("lora", 5e-4), ("full", 1e-4), ("ia3", 5e-4)):
+        for seed in range(2):
+            r = make_result("lm", label, seed, 20.0 + seed + (label == "full"))
+            r["train"] = {"lr": lr, "epochs": 1, "batch_size": 8}
+            r["method_args"] = {"r": 8, "lora_alpha": 16} if label == "lora" else {}
+            runs.append(r)
+    runs.append(make_result("lm", "base", 0, 30.0))
+    return runs
+
+
+def test_configurations_common_once_differences_per_row(tmp_path):
+    runs = _config_runs()
+    configs = {r["run_id"]: {"task": {"name": "lm", "limit_train": 400, "max_length": 256, "args": {"stride": 128}},
+                             "seed": r["seed"], "output_dir": "/somewhere"} for r in runs}
+    agg = aggregate(runs, configs=configs)
+    lora = group(agg, "lm", "lora")
+    assert lora.config["train.lr"] == 5e-4 and lora.config["method.r"] == 8
+    assert lora.config["task.limit_train"] == 400 and lora.config["task.args.stride"] == 128
+    assert "seed" not in lora.config and "output_dir" not in lora.config  # what varies / where, not what
+    assert not any(k.startswith("train.") for k in group(agg, "lm", "base").config)  # base does not train
+    from peftlab.report.tables import config_common_table, config_table
+
+    common, diff = config_common_table(agg, "lm"), config_table(agg, "lm")
+    titles = [c.title for c in diff.columns]
+    assert "train.lr" in titles and "train.epochs" not in titles  # only what differs, per row
+    [epochs] = [row for row in common.rows if row[0].text == "train"]
+    assert "epochs=1" in epochs[1].text and "batch_size=8" in epochs[1].text and epochs[2].text == "base"
+    lr = {row[0].text: row[titles.index("train.lr")].text for row in diff.rows}
+    assert lr == {"lora": "0.0005", "full": "0.0001", "ia3": "0.0005", "base": "—"}
+    write_report(runs, tmp_path, configs=configs)
+    page = (tmp_path / "report.html").read_text()
+    assert "train.lr" in page and "0.0001" in page and "limit_train=400" in page
+    # every link of a table row lands on a row of the configuration table
+    targets = set(re.findall(r'<tr id="([^"]+)"', page))
+    links = set(re.findall(r'href="#(cfg-[^"]+)"', page))
+    assert links and links <= targets and len(targets) == 4
+    # a field that differs between the seeds of one configuration is said to
+    odd = [dict(r) for r in runs if r["label"] == "ia3"]
+    odd[1]["train"] = {"lr": 1e-3, "epochs": 1, "batch_size": 8}
+    assert "differs between seeds" in str(aggregate(odd).groups[0].config["train.lr"])
+
+
+def _qa_runs(n: int = 30) -> tuple[list[dict], dict, dict]:
+    """qa-like runs with exact_match 0/100 per example and samples: lora right on 0..21, prompt on 12..29
+    (seed 1 also on 5), base on 0..9 (deterministic)."""
+    right = {"lora": [set(range(22)), set(range(22))],
+             "prompt_tuning": [set(range(12, 30)), set(range(12, 30)) | {5}], "base": [set(range(10))]}
+    runs, examples, samples = [], {}, {}
+    for label, per_seed in right.items():
+        for seed, ok in enumerate(per_seed):
+            em = [100.0 * (i in ok) for i in range(n)]
+            r = make_result("qa", label, seed, sum(em) / n)
+            r["task"], r["primary_metric"] = "qa", "exact_match"
+            r["metrics"] = {"exact_match": sum(em) / n}
+            r["metric_directions"] = {"exact_match": "higher"}
+            r["per_example"], r["per_example_source"] = {"exact_match": "mean"}, {"exact_match": "greedy"}
+            r["run_id"] = f"qa-{label}-s{seed}"
+            ids = [f"id{i:03d}" for i in range(n)]
+            examples[r["run_id"]] = {"greedy": {ids[i]: {"exact_match": em[i]} for i in range(n)}}
+            samples[r["run_id"]] = [{"id": ids[i], "question": f"Question {i}?", "answers": [f"gold {i}", f"gold {i}"],
+                                     "outputs": [f"gold {i}" if i in ok else f"{label} says {i}"]} for i in range(n)]
+            runs.append(r)
+    return runs, examples, samples
+
+
+def test_samples_side_by_side_same_examples(tmp_path):
+    from peftlab.report.tables import samples_table
+
+    runs, examples, samples = _qa_runs()
+    del samples["qa-prompt_tuning-s0"]  # the lowest seed that has samples is shown
+    samples["qa-base-s0"] = samples["qa-base-s0"][3:]  # ids 0..2 are missing for base: not shown for anyone
+    agg = aggregate(runs, examples, samples)
+    t = samples_table(agg, "qa", k=4)
+    assert [row[0].text for row in t.rows] == ["id003", "id004", "id005", "id006"]
+    assert [c.title for c in t.columns] == ["Example", "Input", "Gold", "lora (seed 0)", "prompt_tuning (seed 1)",
+                                            "base (seed 0)"]
+    first = t.rows[0]
+    assert first[1].text == "Question 3?" and first[2].text == "gold 3"  # repeated gold answers said once
+    assert (first[3].text, first[3].note) == ("gold 3", "✓")
+    assert (first[4].text, first[4].note) == ("prompt_tuning says 3", "✗")
+    assert t.rows[2][4].note == "✓"  # id005: right on seed 1, whose output is shown
+    write_report(runs, tmp_path, examples=examples, samples=samples)
+    page = (tmp_path / "report.html").read_text()
+    assert "Samples" in page and "prompt_tuning says 3" in page and "Question 6?" in page
+
+
+def test_samples_without_ids_follow_the_score_set_order():
+    from peftlab.report.aggregate import samples_by_id
+
+    lines = [{"index": 1, "label": 1, "prediction": 0, "logprob": {"negative": -0.1, "positive": -2.0}},
+             {"index": 0, "label": 0, "prediction": 0, "logprob": {"negative": -0.2, "positive": -1.5}}]
+    keyed = samples_by_id(lines, ["sha1:aa", "sha1:bb"])
+    assert keyed["sha1:bb"]["index"] == 1 and keyed["sha1:aa"]["index"] == 0
+    from peftlab.report.aggregate import sample_gold, sample_output
+
+    assert sample_gold(keyed["sha1:bb"]) == "positive" and sample_output(keyed["sha1:bb"]) == ("negative", 1)
+    assert samples_by_id([{"index": 5}], ["a"]) == {}  # cannot be placed: left out, not guessed
+    assert list(samples_by_id([{"id": "x"}, {"id": "x"}, {"task_id": 7}])) == ["x", "x#2", "7"]
+
+
+def test_example_view_counts_by_hand():
+    from peftlab.report.aggregate import example_view
+    from peftlab.report.tables import disagreement_table, head_to_head_table
+
+    runs, examples, samples = _qa_runs()
+    agg = aggregate(runs, examples, samples)
+    v = example_view(agg, "qa", max_rows=6)
+    assert [g.label for g in v.configs] == ["lora", "prompt_tuning", "base"] and v.binary == 100.0
+    by = {h.other.label: h for h in v.head_to_head}
+    # lora (0..21) vs prompt (12..29, + 5 on one seed): lora ahead on 0..11 (5: 1 vs 0.5), prompt on 22..29
+    assert (by["prompt_tuning"].shared, by["prompt_tuning"].best_ahead, by["prompt_tuning"].other_ahead) == (30, 12, 8)
+    assert (by["base"].best_ahead, by["base"].other_ahead, by["base"].even) == (12, 0, 18)
+    assert v.uniquely_best == {"lora": 2, "prompt_tuning": 8, "base": 0}  # 10, 11 | 22..29
+    assert v.n_shared == 30 and v.n_disagree == 30
+    # behind (prompt ahead: 22..29) first, half the rows; then lora alone (10, 11); then lora leading with others
+    assert v.disagreements == ("id022", "id023", "id024", "id010", "id011", "id000")
+    t = disagreement_table(agg, "qa", v)
+    row = {r[0].text: r for r in t.rows}["id022"]
+    assert [c.text for c in row[3:]] == ["✗", "✓", "✗"] and row[1].text == "Question 22?"
+    h = head_to_head_table(agg, "qa", v)
+    assert [r[0].text for r in h.rows] == ["lora", "prompt_tuning", "base"]
+
+
+def test_recommendation_cheapest_not_shown_worse(tmp_path):
+    """Two methods the data cannot tell apart: the one with fewer trainable parameters is the budget pick."""
+    import numpy as np
+
+    from peftlab.report.pareto import recommend, recommendation_text
+
+    rng = np.random.default_rng(3)
+    runs = []
+    for label in ("lora", "ia3"):
+        for s in range(3):
+            r, lines = _accuracy_run(label, s, _draw(rng, 0.7))
+            r["cost"]["train_time_s"] = 100.0 if label == "lora" else 300.0
+            runs.append((r, lines))
+    base = _accuracy_run("base", 0, _draw(rng, 0.3))
+    runs.append(base)
+    agg = aggregate([r for r, _ in runs], _examples_of(runs))
+    [w] = winners(agg)
+    rec = recommend(agg, w)
+    other = "ia3" if w.best.label == "lora" else "lora"
+    assert [v.other.label for v in rec.band] == [other] and [v.other.label for v in rec.worse] == ["base"]
+    picks = {p.budget.field: p for p in rec.picks}
+    assert picks["trainable_pct"].group.label == "ia3"  # 0.02 % against lora's 0.5 %
+    assert picks["train_time_s"].group.label == "lora"  # 100 s against 300 s
+    assert picks["train_time_s"].cheapest.label == "base"  # cheaper still, but resolved worse
+    text = recommendation_text(agg, rec)
+    assert "not told apart" in text.lower() and "not evidence of equality" in text
+    assert f"{w.best.label} has the best estimate" in text and "use " not in text  # unresolved: no "use X"
+    assert "3 seeds × 200 examples" in text and "Holm p" in text and "significant" not in text.lower()
+    gain = w.best.mean("metric", "accuracy") - group(agg, "sentiment", "base").mean("metric", "accuracy")
+    assert f"{w.best.mean('cost', 'train_time_s') / gain:.3g} s of training per point" in text
+
+
+def test_recommendation_never_picks_degenerate(clear_store):
+    from peftlab.report.pareto import recommend, recommendation_text
+
+    runs = _clear_store_runs()
+    agg = aggregate([r for r, _ in runs], _examples_of(runs))
+    [w] = winners(agg)
+    rec = recommend(agg, w)
+    assert [g.label for g in rec.excluded] == ["prompt_tuning"]
+    assert all(p.group.label != "prompt_tuning" and (p.cheapest is None or p.cheapest.label != "prompt_tuning")
+               for p in rec.picks)
+    assert all("prompt_tuning" not in [g.label for g in front] for front in rec.fronts.values())
+    text = recommendation_text(agg, rec)
+    assert "use lora" in text and "resolved better than the base model" in text and "Never recommended" in text
+    page = (clear_store[0] / "report.html").read_text()
+    assert "What to use" in page and "the best accuracy at each budget" in page
+
+
+def test_cost_per_point_column(report):
+    out, _ = report
+    rows = list(csv.DictReader((out / "tables/task_sentiment.csv").open()))
+    [full] = [r for r in rows if r["label"] == "full"]
+    gain = (0.87 + 0.88 + 0.87) / 3 - 0.5  # over the base model's 0.5
+    assert float(full["gain_over_base"]) == pytest.approx(gain)
+    assert float(full["train_s_per_point"]) == pytest.approx(110.0 / gain)
+    assert float(full["peak_gib_per_point"]) == pytest.approx(3.0 / gain)
+    [base] = [r for r in rows if r["label"] == "base"]
+    assert base["train_s_per_point"] == ""
+    md = (out / "summary.md").read_text()
+    assert "Train time / point" in md and "over base" in md
+
+
+def test_spread_keeps_error_bars_apart():
+    from peftlab.report.plots import spread_x
+
+    xs = [0.34, 0.345, 100.0, 0.0007]  # lora and lora+prompt sit on the same x
+    out = spread_x(xs, log=True)
+    assert out[2] == 100.0 and out[3] == pytest.approx(0.0007)  # far points do not move
+    step = math.log10(out[1]) - math.log10(out[0])
+    assert step == pytest.approx(0.025 * (2 - math.log10(0.0007)))  # 2.5 % of the decades shown
+    lin = spread_x([0.0, 0.0, 5.0], log=False)
+    assert lin[0] == 0.0 and lin[1] == pytest.approx(0.125) and lin[2] == 5.0  # never left of 0
+    assert spread_x([3.0], log=False) == [3.0]
+
+
+def test_cost_axes_from_zero_base_included_loss_log_scale():
+    from peftlab.report.aggregate import aggregate as agg_of
+    from peftlab.report.plots import COST_AXES, Palette, log_scale_needed, loss_curves, quality_vs_cost
+
+    runs = [make_result("lm", "lora", s, 21.0 + s) for s in range(2)] + [make_result("lm", "base", 0, 30.0)]
+    for r in runs:
+        r["cost"]["peak_memory_bytes"] = int((2.85 + 0.1 * (r["label"] == "lora")) * 1024**3)
+    del runs[-1]["cost"]["peak_memory_bytes"]  # the base model's memory is not recorded
+    prefix = [make_result("lm", "ia3", s, 25.0) for s in range(2)]
+    for r in prefix:
+        r["curves"]["train_loss"] = [[p[0], 12.0 + p[1]] for p in r["curves"]["train_loss"]]
+    agg = agg_of(runs + prefix)
+    pal = Palette(["lora", "base", "ia3"])
+    axes = {a.slug: a for a in COST_AXES}
+    fig = quality_vs_cost(agg, "lm", axes["memory"], pal)
+    ax = fig.axes[0]
+    left, right = ax.get_xlim()
+    assert ax.get_xscale() == "linear" and -0.05 * right <= left <= 0  # from 0, not from 2.85 GiB
+    assert any("base" in str(line.get_label()) for line in ax.get_lines())  # base drawn as a reference line
+    fig = quality_vs_cost(agg, "lm", axes["time"], pal)
+    assert fig.axes[0].get_xlim()[0] <= 0  # base's 0 s of training is on the axis
+    assert log_scale_needed([[12.5, 12.3], [1.9, 1.2]]) and not log_scale_needed([[2.5, 1.0], [2.0, 0.9]])
+    assert all(ax.get_yscale() == "log" for ax in loss_curves(agg, "lm", pal).axes[:1])
+
+
+def test_write_report_from_store_reads_samples_and_configs(tmp_path, monkeypatch):
+    runs, examples, samples = _qa_runs(12)
+
+    class FakeStore:
+        def __init__(self, root, readonly=False):
+            pass
+
+        def results(self, **filters):
+            return runs
+
+        def read_examples(self, run_id):
+            return examples.get(run_id, {})
+
+        def read_samples(self, run_id):
+            return samples.get(run_id, [])
+
+        def read_config(self, run_id):
+            return {"task": {"name": "qa", "limit_eval": 12}}
+
+    monkeypatch.setitem(sys.modules, "peftlab.store", types.SimpleNamespace(Store=FakeStore))
+    from peftlab.report import write_report_from_store
+
+    write_report_from_store(tmp_path / "store", tmp_path / "out")
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "prompt_tuning says 0" in page and "limit_eval=12" in page
+
+
+def test_unreadable_samples_and_configs_become_notes(tmp_path):
+    runs, examples, _ = _qa_runs(10)
+
+    def broken(run_id):
+        raise OSError(f"disk gone under {run_id}")
+
+    written = write_report(runs, tmp_path, examples=examples, samples=broken, configs=lambda run_id: ["not", "a map"])
+    page = (tmp_path / "report.html").read_text()
+    assert "samples.jsonl of qa-lora-s0 unreadable (disk gone under qa-lora-s0)" in page
+    assert "tables/samples_qa.csv" not in written and '<h3 id="samples-qa">' not in page
+    assert "lr=0.0001" in page  # the configuration still comes from result.json

@@ -73,7 +73,7 @@ def fake_execute(monkeypatch):
 
     ran = []
 
-    def execute_run(rc, store, sweep_id=None, progress=None, cache=None, lock=None):
+    def execute_run(rc, store, sweep_id=None, progress=None, cache=None, lock=None, eval_progress=None):
         ran.append(rc.run_id())
         result = ok_result(rc, sweep_id)
         store.write_result(result)

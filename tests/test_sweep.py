@@ -100,8 +100,8 @@ def test_dry_run_shows_plan_states_counts_and_estimate(tmp_path, tiny_llama_dir,
     fresh = tmp_path / "fresh-store"
     assert main(["sweep", str(path), "--store", str(fresh), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    # base ×2 seeds; lora 2 r × 2 lr × 2 seeds; ia3 2 lr × 2 seeds
-    assert "→ 14 run(s)" in out and "total 14 · already ok 0 · to run 14 (14 new)" in out
+    # base once (it trains nothing, so no seed changes it); lora 2 r × 2 lr × 2 seeds; ia3 2 lr × 2 seeds
+    assert "→ 13 run(s)" in out and "total 13 · already ok 0 · to run 13 (13 new)" in out
     assert "lora.r=8  train.lr=0.001" in out and "estimated time: unknown" in out
     assert not fresh.exists(), "--dry-run must not create the store"
 
@@ -122,17 +122,26 @@ def test_dry_run_shows_plan_states_counts_and_estimate(tmp_path, tiny_llama_dir,
     try:
         assert main(["sweep", str(path), "--store", str(store_root), "--dry-run"]) == 0
         out = capsys.readouterr().out
-        assert ("total 14 · already ok 2 · to run 9 (7 new, 1 interrupted + 1 cancelled re-run) · "
+        assert ("total 13 · already ok 2 · to run 8 (6 new, 1 interrupted + 1 cancelled re-run) · "
                 "failed/diverged skipped 2 (--retry-failed re-runs them) · busy 1") in out
         assert "s0:ok" in out and "interrupted→rerun" in out and "cancelled→rerun" in out
         assert "failed" in out and "diverged" in out and "busy" in out
-        assert "estimated time: ~04:30 (one after another; from 2 previous ok run(s) of sw)" in out
+        assert "estimated time: ~04:00 (one after another; from 2 previous ok run(s) of sw)" in out
 
         assert main(["sweep", str(path), "--store", str(store_root), "--dry-run", "--retry-failed"]) == 0
         out = capsys.readouterr().out
-        assert "to run 11 (7 new, 1 interrupted + 1 cancelled re-run, 2 failed/diverged retried)" in out
+        assert "to run 10 (6 new, 1 interrupted + 1 cancelled re-run, 2 failed/diverged retried)" in out
     finally:
         holder.release()
+
+
+def test_base_runs_once_under_the_first_seed(tmp_path, tiny_llama_dir) -> None:
+    from peftlab.plan import expand
+
+    exp = load(write_experiment(tmp_path / "e.yaml", tiny_llama_dir, methods=["base", "lora"], seeds=[3, 1, 2]),
+               tmp_path / "s")
+    runs = expand(exp)
+    assert [(r.method.label, r.seed) for r in runs] == [("base", 3), ("lora", 3), ("lora", 1), ("lora", 2)]
 
 
 def test_sweep_id_is_stable_per_experiment_content(tmp_path, tiny_llama_dir) -> None:
@@ -182,7 +191,7 @@ def test_run_claims_each_run_under_its_lock_like_sweep(tmp_path, tiny_llama_dir,
     busy, free = (rc.run_id() for rc in expand(load(path, store_root)))
     executed: list[tuple[str, bool]] = []
 
-    def fake_execute(rc, store, sweep_id=None, progress=None, cache=None, lock=None):
+    def fake_execute(rc, store, sweep_id=None, progress=None, cache=None, lock=None, eval_progress=None):
         executed.append((rc.run_id(), store.lock(rc.run_id()).held_elsewhere()))  # held: we run under it
         result = fake_result(rc, "ok", sweep_id)
         store.write_result(result)

@@ -86,7 +86,7 @@ def stub_generate(monkeypatch, completions):
     """Make `generate` return `completions(prompt_index, decoding)` (a list of texts) per prompt."""
     calls = []
 
-    def fake(model, tokenizer, prompts, decoding, batch_size=8, device=None):
+    def fake(model, tokenizer, prompts, decoding, batch_size=8, device=None, progress=None):
         calls.append(decoding)
         texts = [list(completions(i, decoding)) for i in range(len(prompts))]
         return GenerationOutput(texts=texts, new_tokens=sum(len(t) for ts in texts for t in ts), seconds=0.01,
@@ -314,8 +314,8 @@ def test_single_token_label_fast_path_matches_choice_logprobs(model, tok):
     from peftlab.tasks.sentiment import next_token_logprobs
 
     prompts = [tok("a movie that is good")["input_ids"], tok("bad")["input_ids"]]
-    fast = next_token_logprobs(model, prompts, [280, 67], tok.pad_token_id, "cpu", batch_size=2)
-    slow = choice_logprobs(model, prompts, [[280], [67]], tok.pad_token_id, "cpu", batch_size=3)
+    fast = next_token_logprobs(model, prompts, [280, 67], tok.pad_token_id, "cpu", max_tokens=64)
+    slow = choice_logprobs(model, prompts, [[280], [67]], tok.pad_token_id, "cpu", max_tokens=24)
     assert torch.allclose(fast, slow, atol=1e-4)
     # single-token label words ("the" / "a" in the tiny vocabulary) go through the fast path end to end
     spec, ctx = make_ctx("sentiment", model, tok, args={"in_domain": False, "label_words": ["a", "the"]})
@@ -449,7 +449,7 @@ def test_instruct_long_fields_are_cut_in_the_middle():
 def test_code_prompt_is_not_cut_to_the_training_window(monkeypatch, model, tok):
     seen = []
 
-    def fake(model, tokenizer, prompts, decoding, batch_size=8, device=None):
+    def fake(model, tokenizer, prompts, decoding, batch_size=8, device=None, progress=None):
         seen.extend(prompts)
         return GenerationOutput(texts=[["    pass\n"]] * len(prompts), new_tokens=1, seconds=0.01)
 

@@ -26,10 +26,10 @@ FLOORS: list[tuple[str, ...]] = [
     ("peftlab.cli",),
     ("peftlab.executors",),
     ("peftlab.runner", "peftlab.lifecycle", "peftlab.adapters", "peftlab.report"),
-    ("peftlab.methods", "peftlab.tasks", "peftlab.train", "peftlab.evaluation", "peftlab.plan"),
+    ("peftlab.methods", "peftlab.tasks", "peftlab.train", "peftlab.evaluation", "peftlab.plan", "peftlab.tuning"),
     ("peftlab.data", "peftlab.models", "peftlab.measure", "peftlab.store"),
     ("peftlab.config", "peftlab.tasks.registry", "peftlab.tasks.api", "peftlab.paths", "peftlab.formatting",
-     "peftlab.status", "peftlab.files", "peftlab.logs", "peftlab.numbers", "peftlab"),
+     "peftlab.status", "peftlab.files", "peftlab.logs", "peftlab.numbers", "peftlab.evaluation.progress", "peftlab"),
 ]
 
 

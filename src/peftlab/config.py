@@ -276,6 +276,10 @@ class DecodingConfig:
             raise ConfigError(f"decoding.top_p: must be in (0, 1], got {self.top_p}")
 
 
+#: EvalConfig fields that count in a run's identity only when changed from these defaults.
+EVAL_ADDED_DEFAULTS = (("forgetting_texts", 32), ("retention_tasks", []))
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """Evaluation settings shared by tasks; `decoding` lists strategies evaluated on one adapter."""
@@ -283,11 +287,176 @@ class EvalConfig:
     batch_size: int = 8
     decoding: list[DecodingConfig] = field(default_factory=lambda: [DecodingConfig()])
     allow_code_execution: bool = False
+    forgetting_texts: int = 32  # held-out general-text paragraphs scored on every run (0: no forgetting measure)
+    retention_tasks: list[str] = field(default_factory=list)  # other peftlab tasks scored on every run
 
     def __post_init__(self) -> None:
         _positive(self.batch_size, "eval.batch_size", at_most=MAX_SIZE)
+        _positive(self.forgetting_texts, "eval.forgetting_texts", allow_zero=True, at_most=MAX_SIZE)
         if not self.decoding:
             raise ConfigError("eval.decoding: must name at least one strategy, e.g. greedy")
+
+
+# ---------------------------------------------------------------------------------------------
+# Axes (grid and tuning search space) and tuning
+# ---------------------------------------------------------------------------------------------
+
+DISTRIBUTIONS = ("uniform", "log_uniform", "int_uniform")
+TUNING_STRATEGIES = ("grid", "random", "sobol")
+MAX_TRIALS = 10_000
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One axis of a grid or a tuning search space.
+
+    A choice axis lists its `points`, each a `{dotted key: value}` mapping: one key for a plain axis
+    (`lora.r: [4, 8]`), several that move together for a tied one (`rank: [{lora.r: 4, lora.lora_alpha: 8}]`).
+    A distribution axis (search spaces only) draws one key's value from `uniform`, `log_uniform` or
+    `int_uniform` over [low, high].
+    """
+
+    name: str
+    points: tuple = ()
+    distribution: str | None = None
+    low: float = 0.0
+    high: float = 0.0
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(self.points[0]) if self.points else (self.name,)
+
+
+def _dotted(key: Any, where: str) -> str:
+    if not isinstance(key, str) or "." not in key or not all(part.strip() for part in key.split(".")):
+        raise ConfigError(f"{where}: key {key!r} must be a dotted path such as lora.r or train.lr")
+    return key
+
+
+def parse_axis(name: Any, value: Any, where: str, distributions: bool = False) -> Axis:
+    """One grid / search-space entry as an `Axis`; `where` names it in errors (`grid`, `tuning.space.lora`).
+
+    `name` with a dot: a plain axis, a list of values (one bare value is a list of one) or, where
+    `distributions`, `{uniform|log_uniform|int_uniform: [low, high]}`. `name` without a dot: a tied
+    axis, a list of mappings of dotted keys, every mapping with the same keys.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{where}: key {name!r} must be a dotted path such as lora.r or train.lr, or the name of "
+                          "a tied axis")
+    at = f"{where}.{name}"
+    if "." not in name:
+        example = "[{lora.r: 4, lora.lora_alpha: 8}, {lora.r: 8, lora.lora_alpha: 16}]"
+        if not isinstance(value, list) or not value or not all(isinstance(v, dict) and v for v in value):
+            raise ConfigError(f"{where}: key {name!r} is not a dotted path (such as lora.r or train.lr), so it names a "
+                              f"tied axis, whose values are mappings of dotted keys that move together, e.g. "
+                              f"{name}: {example}; got {value!r}")
+        keys = [_dotted(k, at) for k in value[0]]
+        for i, point in enumerate(value):
+            if sorted(point) != sorted(keys):
+                raise ConfigError(f"{at}[{i}]: every point of a tied axis sets the same keys ({', '.join(keys)}); "
+                                  f"got {', '.join(map(str, point))}")
+        return Axis(name=name, points=tuple({k: point[k] for k in keys} for point in value))
+    _dotted(name, where)
+    if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in DISTRIBUTIONS:
+        (kind, bounds), = value.items()
+        if not distributions:
+            raise ConfigError(f"{at}: {{{kind}: ...}} is a distribution, which only a tuning search space takes; a "
+                              "grid lists its values, e.g. [1.0e-4, 5.0e-4]")
+        return _distribution(name, kind, bounds, at)
+    if distributions and isinstance(value, dict):
+        raise ConfigError(f"{at}: expected a list of values or one of {{uniform: [low, high]}}, "
+                          f"{{log_uniform: [low, high]}}, {{int_uniform: [low, high]}}; got {value!r}")
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise ConfigError(f"{where}: {name} has no values; give at least one (e.g. {name}: [4, 8])")
+    return Axis(name=name, points=tuple({name: v} for v in values))
+
+
+def _distribution(name: str, kind: str, bounds: Any, at: str) -> Axis:
+    if not isinstance(bounds, (list, tuple)) or len(bounds) != 2:
+        raise ConfigError(f"{at}: {kind} takes [low, high], got {bounds!r}")
+    typ = int if kind == "int_uniform" else float
+    low, high = (_coerce(b, typ, f"{at}.{kind}") for b in bounds)
+    if not low < high:
+        raise ConfigError(f"{at}: {kind} needs low < high, got [{low}, {high}]")
+    if kind == "log_uniform" and low <= 0:
+        raise ConfigError(f"{at}: log_uniform needs low > 0 (a log scale), got {low}")
+    return Axis(name=name, distribution=kind, low=low, high=high)
+
+
+def apply_setting(method: MethodConfig, task: TaskConfig, train: TrainConfig, key: str, value: Any,
+                  where: str = "grid") -> tuple[MethodConfig, TaskConfig, TrainConfig]:
+    """Set one dotted key of a grid point or trial: `train.FIELD`, `task.FIELD` (or a task argument), or a
+    method argument (`LABEL.ARG`, `method.ARG`); `where` names the setting in errors."""
+    head, _, rest = key.partition(".")
+    if not rest:
+        raise ConfigError(f"{where}: key {key!r} needs a field after the dot (e.g. train.lr, lora.r)")
+    if head == "train":
+        data = {**dataclasses.asdict(train), rest: value}
+        return method, task, build(TrainConfig, data, f"{where} {key}")
+    if head == "task":
+        data = dataclasses.asdict(task)
+        if rest in data:
+            data[rest] = value
+        else:
+            data["args"] = {**data["args"], rest: value}
+        return method, build(TaskConfig, data, f"{where} {key}"), train
+    return dataclasses.replace(method, args={**method.args, rest: value}), task, train
+
+
+@dataclass(frozen=True)
+class TuningConfig:
+    """Tuning as part of the experiment: every trained method gets `budget` trials drawn from its search space
+    (`space: {label: {key: values or distribution}}`), trained on train and scored on validation; the best
+    trial's configuration (by `metric`, default the task's primary) is then run over the experiment's seeds
+    and scored on test. `holdout`: the fraction of train held out as validation for tasks without one."""
+
+    budget: int | None = None
+    strategy: str = "random"  # grid | random | sobol
+    seed: int = 0
+    metric: str | None = None
+    holdout: float = 0.1
+    space: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.budget is None:
+            raise ConfigError("tuning.budget: required: the number of trials every trained method gets, e.g. budget: 8")
+        _positive(self.budget, "tuning.budget", at_most=MAX_TRIALS)
+        _choice(self.strategy, TUNING_STRATEGIES, "tuning.strategy")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"tuning.seed: {self.seed} is out of range (0 <= seed < 2**32)")
+        if not 0 < self.holdout < 1:
+            raise ConfigError(f"tuning.holdout: the fraction of train held out must be in (0, 1), got {self.holdout}")
+        if not self.space:
+            raise ConfigError("tuning.space: give every trained method a search space, e.g. space: {lora: {lora.r: "
+                              "[4, 8, 16], train.lr: {log_uniform: [1.0e-5, 1.0e-3]}}}")
+        for label in self.space:
+            self.axes(label)
+
+    def axes(self, label: str) -> list[Axis]:
+        """The search space of method `label`, checked: keys set the method's arguments (`LABEL.ARG`,
+        `method.ARG`) or the training protocol (`train.FIELD`)."""
+        where = f"tuning.space.{label}"
+        body = self.space.get(label)
+        if not isinstance(body, dict) or not body:
+            raise ConfigError(f"{where}: expected a mapping of keys to values or distributions, e.g. "
+                              f"{{train.lr: {{log_uniform: [1.0e-5, 1.0e-3]}}}}; got {body!r}")
+        axes = [parse_axis(name, value, where, distributions=True) for name, value in body.items()]
+        seen: set[str] = set()
+        for axis in axes:
+            for key in axis.keys:
+                head = key.split(".", 1)[0]
+                if head not in ("train", "method", str(label)):
+                    raise ConfigError(f"{where}: key {key!r} must start with train., method. or {label}. (a search "
+                                      "space sets the method's arguments and the training protocol, never the task)")
+                plain = key.split(".", 1)[1] if head != "train" else key
+                if plain in seen:
+                    raise ConfigError(f"{where}: {key!r} is set by two axes; give it once")
+                seen.add(plain)
+            if self.strategy == "grid" and axis.distribution:
+                raise ConfigError(f"{where}.{axis.name}: {axis.distribution} is a distribution, which strategy grid "
+                                  "cannot enumerate; list its values or use strategy random or sobol")
+        return axes
 
 
 @dataclass(frozen=True)
@@ -306,9 +475,19 @@ class ExperimentConfig:
     executor: dict = field(default_factory=dict)
     trackers: list[str] = field(default_factory=list)
     task_paths: list[str] = field(default_factory=list)  # directories of outside task YAMLs (+ hooks)
+    tuning: TuningConfig | None = None  # tune each method on validation before the test runs (see TuningConfig)
 
     def __post_init__(self) -> None:
         check_name(self.name, "name")
+        if self.tuning is not None:
+            if self.grid:
+                raise ConfigError("grid and tuning: give one; a tuned experiment searches each method's space "
+                                  "(tuning.space, strategy grid for a grid) and runs only the selected configuration")
+            labels = [m.label for m in self.methods]
+            for label in self.tuning.space:
+                if label not in labels:
+                    raise ConfigError(f"tuning.space: {label!r} is not a method label of the experiment"
+                                      f"{_suggest(str(label), labels)}")
         for what, items, example in (("tasks", self.tasks, "lm"), ("methods", self.methods, "lora"),
                                      ("seeds", self.seeds, "0")):
             if not items:
@@ -318,6 +497,9 @@ class ExperimentConfig:
                 raise ConfigError(f"seeds: {seed} is out of range (0 <= seed < 2**32)")
         if not str(self.output_dir).strip():
             raise ConfigError("output_dir: must not be empty")
+
+
+EVAL_SPLITS = ("test", "validation")
 
 
 @dataclass(frozen=True)
@@ -334,22 +516,43 @@ class RunConfig:
     grid: dict = field(default_factory=dict)
     output_dir: str = "runs"
     trackers: list[str] = field(default_factory=list)
+    eval_split: str = "test"  # test | validation (a tuning trial: the runner refuses to read test for it)
+    holdout: float | None = None  # tuned task without a validation split: this fraction of train is held out as one
+    trial: int | None = None  # a tuning trial's index among its method's budget
+    tuning: dict = field(default_factory=dict)  # what the tuning stage records in the result (stage, selection)
+
+    def __post_init__(self) -> None:
+        _choice(self.eval_split, EVAL_SPLITS, "run.eval_split")
+        if self.trial is not None and self.eval_split != "validation":
+            raise ConfigError(f"run.trial: a tuning trial is scored on the validation split, not {self.eval_split!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def config_hash(self) -> str:
-        """Hash of everything that changes the result (not where it is stored)."""
+        """Hash of everything that changes the result (not where it is stored, nor the tuning stage's notes).
+
+        The tuning fields count only when set, so a run outside tuning keeps the id it always had."""
         data = self.to_dict()
-        data.pop("output_dir", None)
-        data.pop("trackers", None)
+        for key in ("output_dir", "trackers", "tuning"):
+            data.pop(key, None)
+        for key, default in (("eval_split", "test"), ("holdout", None), ("trial", None)):
+            if data.get(key) == default:
+                data.pop(key, None)
+        for key, default in EVAL_ADDED_DEFAULTS:  # fields added after runs were recorded: ids stay as they were
+            if data.get("eval", {}).get(key) == default:
+                data["eval"].pop(key, None)
         blob = json.dumps(data, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
 
     def run_id(self) -> str:
-        grid = "".join(f"--{_id_part(k.split('.')[-1])}{_id_part(v)}" for k, v in sorted(self.grid.items()))
+        """`EXP--LABEL--TASK--<grid point>--sSEED--HASH`; a tuning trial shows its index (`--t3`) instead of its point."""
+        if self.trial is not None:
+            point = f"--t{self.trial}"
+        else:
+            point = "".join(f"--{_id_part(k.split('.')[-1])}{_id_part(v)}" for k, v in sorted(self.grid.items()))
         label = _id_part(self.method.label.replace("+", "-"))
-        return f"{self.experiment}--{label}--{self.task.name}{grid}--s{self.seed}--{self.config_hash()}"
+        return f"{self.experiment}--{label}--{self.task.name}{point}--s{self.seed}--{self.config_hash()}"
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
@@ -392,6 +595,25 @@ def _parse_method(entry: Any, i: int) -> MethodConfig:
 
 
 def _parse_task(entry: Any, i: int) -> TaskConfig:
+    return _list_task_args(_task_entry(entry, i))
+
+
+def _list_task_args(task: TaskConfig) -> TaskConfig:
+    """Task arguments whose default is a list (code's `k`, sentiment's `label_words`) read `a,b` and a single
+    value as lists, as `--set seeds=0,1` does, so both spellings give the same run."""
+    from peftlab.tasks.registry import all_tasks
+
+    spec = all_tasks().get(task.name)
+    if spec is None:
+        return task
+    args = dict(task.args)
+    for name, value in task.args.items():
+        if isinstance(spec.args.get(name), list) and value is not None and not isinstance(value, list):
+            args[name] = _comma_list(value) if isinstance(value, str) and "," in value else [value]
+    return task if args == task.args else dataclasses.replace(task, args=args)
+
+
+def _task_entry(entry: Any, i: int) -> TaskConfig:
     if isinstance(entry, str):
         if not entry.strip():
             raise ConfigError(f"tasks[{i}]: empty task name")
@@ -480,7 +702,7 @@ def parse_decoding_spec(spec: str) -> DecodingConfig:
 
 
 EXPERIMENT_KEYS = ("name", "model", "task", "tasks", "methods", "train", "eval", "seeds", "grid",
-                   "output_dir", "presets", "executor", "trackers", "description", "task_paths")
+                   "output_dir", "presets", "executor", "trackers", "description", "task_paths", "tuning")
 
 
 def parse_experiment(raw: dict, source: str = "experiment") -> ExperimentConfig:
@@ -521,6 +743,7 @@ def parse_experiment(raw: dict, source: str = "experiment") -> ExperimentConfig:
     output_dir = raw.get("output_dir", "runs")
     if isinstance(output_dir, bool) or not isinstance(output_dir, (str, int, float)):
         raise ConfigError(f"output_dir: expected a directory path (a string), got {output_dir!r}")
+    task_paths = _register_task_paths(raw.get("task_paths"))  # before the tasks: outside tasks' args are read too
     return ExperimentConfig(
         name=check_name(source if name is None or name == "" else name, "name"),
         model=build(ModelConfig, model_raw, "model"),
@@ -533,7 +756,8 @@ def parse_experiment(raw: dict, source: str = "experiment") -> ExperimentConfig:
         output_dir=str(output_dir),
         executor=_coerce(raw.get("executor") or {}, dict, "executor"),
         trackers=_coerce(_comma_list(raw.get("trackers")) or [], list[str], "trackers"),
-        task_paths=_register_task_paths(raw.get("task_paths")),
+        task_paths=task_paths,
+        tuning=None if raw.get("tuning") is None else build(TuningConfig, raw["tuning"], "tuning"),
     )
 
 
@@ -657,6 +881,9 @@ def apply_override(raw: dict, key: str, value: Any, known_labels: list[str] | tu
             raise ConfigError(f"--set {key}: expected method names, got {value!r}")
         by_label = {m.label: m for m in methods}
         raw["methods"] = [_as_raw_method(by_label.get(w, MethodConfig(label=w, method=w))) for w in wanted]
+        tuning = raw.get("tuning")
+        if isinstance(tuning, dict) and isinstance(tuning.get("space"), dict):  # the dropped methods' spaces go too
+            raw["tuning"] = {**tuning, "space": {k: v for k, v in tuning["space"].items() if k in wanted}}
         return raw
     if head in ("method", "methods"):
         raw["methods"] = [_as_raw_method(dataclasses.replace(m, args={**m.args, rest: value})) for m in methods]
@@ -703,6 +930,13 @@ def apply_override(raw: dict, key: str, value: Any, known_labels: list[str] | tu
         grid = raw.get("grid") or {}
         raw["grid"] = {**(grid if isinstance(grid, dict) else {}), rest: value}
         return raw
+    if head == "tuning" and rest.startswith("space.") and rest.count(".") >= 2:  # `tuning.space.lora.train.lr=...`
+        _, label, axis = rest.split(".", 2)
+        tuning = raw.get("tuning") if isinstance(raw.get("tuning"), dict) else {}
+        space = tuning.get("space") if isinstance(tuning.get("space"), dict) else {}
+        body = space.get(label) if isinstance(space.get(label), dict) else {}
+        raw["tuning"] = {**tuning, "space": {**space, label: {**body, axis: value}}}
+        return raw
     if head not in EXPERIMENT_KEYS:
         valid = sorted(set(EXPERIMENT_KEYS) - {"presets", "description"}) + ["method"] + labels
         if head in labels:
@@ -726,7 +960,7 @@ def apply_override(raw: dict, key: str, value: Any, known_labels: list[str] | tu
 
 
 # Keys whose value is a list: `--set seeds=0,1` reads like `--set method=lora,prompt` (and `[0, 1]`).
-LIST_KEYS = ("seeds", "trackers", "method", "methods", "task", "tasks", "eval.decoding")
+LIST_KEYS = ("seeds", "trackers", "method", "methods", "task", "tasks", "eval.decoding", "eval.retention_tasks")
 
 
 def _override_value(text: str) -> Any:
@@ -752,7 +986,7 @@ def apply_overrides(raw: dict, sets: list[str]) -> dict:
         if not eq or not key or any(not part for part in key.split(".")):
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=1e-4")
         value = _override_value(text)
-        if isinstance(value, str) and "," in value and (key in LIST_KEYS or key.startswith("grid.")):
+        if isinstance(value, str) and "," in value and (key in LIST_KEYS or key.startswith(("grid.", "tuning.space."))):
             value = [_override_value(part) for part in value.split(",") if part.strip()]
         raw = apply_override(raw, key, value, known)
         known += [m.label for m in _method_entries(raw) if m.label not in known]

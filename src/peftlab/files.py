@@ -3,7 +3,8 @@
 * `atomic_open` / `atomic_write_text`: write to a temp file in the same directory, flush and
   `fsync` it, then `os.replace` it over the target (atomic on POSIX): a reader or a crash sees the
   old file or the new one, never half of one; on any error the temp file is removed and the old
-  file is left as it was.
+  file is left as it was. The file ends up with the mode a plain `open` would give it
+  (`0o666 & ~umask`), not the temp file's private 0600.
 * `FileLock`: an advisory `flock` on a lock file, non-blocking (`acquire() -> bool`) or blocking
   (`with FileLock(path):`); the kernel drops it when the process dies, so a crash never leaves a
   stale lock.
@@ -14,6 +15,7 @@ This module sits on the lowest floor: it imports nothing of peftlab's.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -25,9 +27,37 @@ except ImportError:  # pragma: no cover - Windows: no locking, atomic writes sti
     fcntl = None  # type: ignore[assignment]
 
 
+@functools.lru_cache(maxsize=1)
+def current_umask() -> int:
+    """The process's umask, read once (`current_umask.cache_clear()` re-reads it).
+
+    Linux reports it in /proc/self/status; elsewhere it is read by setting it and putting it back
+    at once, which is why the answer is cached rather than read on every write.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """The mode `open(path, "w")` gives a new file: 0o666 less the umask (0o644 under umask 022)."""
+    return 0o666 & ~current_umask()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
-    """A file handle whose contents replace `path` atomically (with fsync) when the block ends cleanly."""
+    """A file handle whose contents replace `path` atomically (with fsync) when the block ends cleanly.
+
+    The temp file is private (mkstemp's 0600) while it is written; the finished file gets the mode
+    of any new file (`new_file_mode()`), so other users read results and reports as the umask allows.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -35,6 +65,8 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as fh:
             yield fh
             fh.flush()
+            if hasattr(os, "fchmod"):
+                os.fchmod(fh.fileno(), new_file_mode())
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:

@@ -32,12 +32,17 @@ executor:
 Grid keys are the same dotted paths as `--set` overrides. A key scoped to a method label
 (`lora.r`) multiplies only that method's runs; `method.*` and `train.*` multiply every method that
 trains (the untrained `base` row is not repeated for learning rates it never uses); `task.*`
-multiplies every run.
+multiplies every run. A key without a dot names a tied axis: its values are mappings of dotted keys
+that move together (`rank: [{lora.r: 4, lora.lora_alpha: 8}, {lora.r: 8, lora.lora_alpha: 16}]`, one
+axis of two points); it multiplies the methods every one of its keys applies to, and each run
+records the keys separately in its `grid`.
+
+A tuned experiment (`tuning:`, see `peftlab.tuning`) plans its trials first; its final runs join the
+plan once the stored trials decide every method's selection (until then `SweepPlan.pending` counts them).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import difflib
 import hashlib
@@ -46,7 +51,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peftlab.config import ConfigError, ExperimentConfig, MethodConfig, RunConfig, TaskConfig, TrainConfig, build
+from peftlab.config import (
+    Axis,
+    ConfigError,
+    ExperimentConfig,
+    MethodConfig,
+    RunConfig,
+    TaskConfig,
+    apply_setting,
+    parse_axis,
+)
 from peftlab.status import PlanState, RunStatus
 
 
@@ -66,48 +80,66 @@ def _applies(key: str, method: MethodConfig, trains: bool, labels: list[str]) ->
                       f"({', '.join(labels)})")
 
 
-def _with(method: MethodConfig, task: TaskConfig, train: TrainConfig, key: str, value: Any
-          ) -> tuple[MethodConfig, TaskConfig, TrainConfig]:
-    head, _, rest = key.partition(".")
-    if not rest:
-        raise ConfigError(f"grid: key {key!r} needs a field after the dot (e.g. train.lr, lora.r)")
-    if head == "train":
-        data = {**dataclasses.asdict(train), rest: value}
-        return method, task, build(TrainConfig, data, "grid " + key)
-    if head == "task":
-        data = dataclasses.asdict(task)
-        if rest in data:
-            data[rest] = value
-        else:
-            data["args"] = {**data["args"], rest: value}
-        return method, build(TaskConfig, data, "grid " + key), train
-    return dataclasses.replace(method, args={**method.args, rest: value}), task, train
-
-
 def expand(exp: ExperimentConfig) -> list[RunConfig]:
-    """Every run of the experiment, in a stable order (task, method, grid point, seed)."""
+    """Every run of the experiment, in a stable order (task, method, grid point, seed).
+
+    A method that trains nothing (`base`) runs under the first seed only: nothing it computes depends on
+    the run's seed (evaluation subsets use a fixed data seed, sampling decodings their own
+    `decoding.seed`), so further seeds would repeat identical work. The report pairs that one run with
+    every seed of the others.
+
+    A tuned experiment (`tuning:`) expands to its trials only (`peftlab.tuning.trials`): the runs scored
+    on test follow each method's selection (`peftlab.tuning.final_runs`)."""
+    if exp.tuning is not None:
+        from peftlab.tuning import trials
+
+        return _unique(trials(exp))
     from peftlab.methods import get_method
 
     labels = [m.label for m in exp.methods]
+    axes = grid_axes(exp)
+    used: set[str] = set()
     runs: list[RunConfig] = []
     for task in exp.tasks:
         for method in exp.methods:
             trains = get_method(method.method).trains
-            axes = [(k, v if isinstance(v, list) else [v]) for k, v in exp.grid.items()
-                    if _applies(k, method, trains, labels)]
-            for key, values in axes:
-                if not values:
-                    raise ConfigError(f"grid: {key} has no values; give at least one (e.g. {key}: [4, 8])")
-            for point in itertools.product(*[vals for _, vals in axes]):
+            # a list, not a generator: every key is checked (a bad head raises) even when an earlier one fails
+            mine = [a for a in axes if all([_applies(k, method, trains, labels) for k in a.keys])]
+            used.update(a.name for a in mine)
+            for point in itertools.product(*[a.points for a in mine]):
                 m, t, tr = method, task, exp.train
                 grid = {}
-                for (key, _), value in zip(axes, point):
-                    m, t, tr = _with(m, t, tr, key, value)
-                    grid[key] = value
-                for seed in exp.seeds:
+                for part in point:
+                    for key, value in part.items():
+                        m, t, tr = apply_setting(m, t, tr, key, value)
+                        grid[key] = value
+                for seed in (exp.seeds if trains else exp.seeds[:1]):
                     runs.append(RunConfig(experiment=exp.name, model=exp.model, task=t, method=m, train=tr,
                                           eval=exp.eval, seed=seed, grid=grid, output_dir=exp.output_dir,
                                           trackers=list(exp.trackers)))
+    for axis in axes:
+        if len(axis.keys) > 1 and axis.name not in used:
+            raise ConfigError(f"grid.{axis.name}: no method takes all of its keys ({', '.join(axis.keys)}); a tied "
+                              "axis moves keys of one method (with train. and task. keys) together")
+    return _unique(runs)
+
+
+def grid_axes(exp: ExperimentConfig) -> list[Axis]:
+    """The experiment's grid as axes, in the file's order: `lora.r: [4, 8]` is a plain axis; a key without a
+    dot names a tied axis, whose values are mappings of dotted keys that move together
+    (`rank: [{lora.r: 4, lora.lora_alpha: 8}, {lora.r: 8, lora.lora_alpha: 16}]`). A key set by two axes
+    is an error."""
+    axes = [parse_axis(k, v, "grid") for k, v in exp.grid.items()]
+    owner: dict[str, str] = {}
+    for axis in axes:
+        for key in axis.keys:
+            if key in owner:
+                raise ConfigError(f"grid: {key} is set by two axes ({owner[key]} and {axis.name}); give it once")
+            owner[key] = axis.name
+    return axes
+
+
+def _unique(runs: list[RunConfig]) -> list[RunConfig]:
     ids = [r.run_id() for r in runs]
     if len(set(ids)) != len(ids):
         raise ConfigError("the experiment expands to duplicate runs; give methods distinct labels or arguments")
@@ -129,6 +161,11 @@ def validate(exp: ExperimentConfig) -> list[RunConfig]:
 
     for task in exp.tasks:
         _check_task(task, "tasks")
+    for i, name in enumerate(exp.eval.retention_tasks):  # scored with their defaults on every run
+        _check_task(TaskConfig(name=name), f"eval.retention_tasks[{i}]", exp)
+        if any(t.name == name for t in exp.tasks):
+            raise ConfigError(f"eval.retention_tasks[{i}]: {name!r} is a task of the experiment already; a retention "
+                              f"task measures what training on another task kept")
     for m in exp.methods:
         try:
             get_method(m.method).resolve_args(m.args)
@@ -160,11 +197,19 @@ def validate(exp: ExperimentConfig) -> list[RunConfig]:
             if problem:
                 where = _grid_where(rc, ("train",), "")
                 raise ConfigError(f"{where}: {problem}" if where else problem)
-        size = len(rc.run_id().encode())
-        if size > MAX_RUN_ID_BYTES:
-            raise ConfigError(f"run id {rc.run_id()[:60]}… is {size} bytes, too long for a directory name "
-                              f"(at most {MAX_RUN_ID_BYTES}); shorten the experiment name, method labels or grid values")
+        _check_id_length(rc)
+        if rc.trial is not None:  # the final run this trial becomes if it is selected
+            from peftlab.tuning import final_config
+
+            _check_id_length(final_config(rc, exp.seeds[0]))
     return runs
+
+
+def _check_id_length(rc: RunConfig) -> None:
+    size = len(rc.run_id().encode())
+    if size > MAX_RUN_ID_BYTES:
+        raise ConfigError(f"run id {rc.run_id()[:60]}… is {size} bytes, too long for a directory name "
+                          f"(at most {MAX_RUN_ID_BYTES}); shorten the experiment name, method labels or grid values")
 
 
 def _grid_where(rc: RunConfig, heads: tuple[str, ...], default: str) -> str:
@@ -199,7 +244,7 @@ def _check_task(task: TaskConfig, where: str, exp: ExperimentConfig | None = Non
     for name, value in task.args.items():
         _check_task_arg(task.name, name, value, spec.args.get(name), where)
     args = spec.resolve_args(task.args)
-    if exp is not None and _executes_code(spec, args):
+    if exp is not None and executes_code(spec, args):
         from peftlab.evaluation.sandbox import ALLOW_CODE_EXECUTION_ENV, code_execution_allowed
 
         if not code_execution_allowed(exp.eval.allow_code_execution):
@@ -244,7 +289,7 @@ def _check_task_arg(task: str, name: str, value: Any, default: Any, where: str) 
             fail(f"a list such as {default!r}")
 
 
-def _executes_code(spec: Any, args: dict) -> bool:
+def executes_code(spec: Any, args: dict) -> bool:
     """Whether scoring the task runs model-written code (its hooks say so; the code task by its `execute`)."""
     hook = getattr(spec.module, "executes_code", None)
     if callable(hook):
@@ -303,6 +348,7 @@ class SweepPlan:
     runs: list[PlannedRun]
     retry_failed: bool = False
     history: dict = field(default_factory=dict)  # (label, task) -> [seconds of previous ok runs]
+    pending: int = 0  # tuned experiments: final runs not in `runs` yet, as they follow the trials' selection
 
     @property
     def to_run(self) -> list[PlannedRun]:
@@ -423,11 +469,37 @@ def make_plan(exp: ExperimentConfig, store: Any = None, retry_failed: bool = Fal
     root = Path(store.root if isinstance(store, Store) else (store or exp.output_dir))
     if not isinstance(store, Store):
         store = Store(root, readonly=True) if root.is_dir() else None
+    planned = plan_runs(runs, store, retry_failed)
+    pending = 0
+    if exp.tuning is not None:
+        finals = _known_finals(exp, store, planned)
+        if finals is None:
+            from peftlab.tuning import count_finals
+
+            pending = count_finals(exp)
+        else:
+            planned += plan_runs(finals, store, retry_failed)
+    history = _durations(store.results(experiment=exp.name)) if store else {}
+    return SweepPlan(experiment=exp, sweep_id=sweep_id_for(exp, runs), store_root=root, runs=planned,
+                     retry_failed=retry_failed, history=history, pending=pending)
+
+
+def plan_runs(runs: list[RunConfig], store: Any, retry_failed: bool) -> list[PlannedRun]:
+    """Each run with its state in `store` (None: every run is new) and whether it runs."""
     planned = []
     for rc in runs:
         run_id = rc.run_id()
         state, action = _read_state(store, run_id, retry_failed) if store else (PlanState.NEW, "run")
         planned.append(PlannedRun(rc=rc, run_id=run_id, state=state, action=action))
-    history = _durations(store.results(experiment=exp.name)) if store else {}
-    return SweepPlan(experiment=exp, sweep_id=sweep_id_for(exp, runs), store_root=root, runs=planned,
-                     retry_failed=retry_failed, history=history)
+    return planned
+
+
+def _known_finals(exp: ExperimentConfig, store: Any, trials: list[PlannedRun]) -> list[RunConfig] | None:
+    """A tuned experiment's final runs when the stored trials already decide every selection and none of them
+    is to run again (read only; the sweep records the selections); else None."""
+    from peftlab.tuning import final_runs, selections
+
+    if store is None or any(p.action == "run" for p in trials):
+        return None
+    chosen, waiting = selections(exp, store)
+    return None if waiting else final_runs(exp, chosen)

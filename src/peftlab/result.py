@@ -28,10 +28,10 @@ SCHEMA_VERSION = 1
 TERMINAL = (RunStatus.OK, RunStatus.FAILED, RunStatus.DIVERGED, RunStatus.CANCELLED)
 STATUSES = (*TERMINAL, RunStatus.RUNNING)
 REQUIRED_FIELDS = ("run_id", "status")
-OBJECT_FIELDS = ("metrics", "metric_directions", "per_example", "per_example_source", "cost", "grid", "train", "curves",
-                 "data", "provenance")
+OBJECT_FIELDS = ("metrics", "metric_directions", "per_example", "per_example_source", "retention", "cost", "grid",
+                 "train", "curves", "data", "provenance")
 #: Fields written only when set (absent from older results and from runs without per-example scores).
-OPTIONAL_FIELDS = ("pid", "per_example", "per_example_source", "examples_file")
+OPTIONAL_FIELDS = ("pid", "per_example", "per_example_source", "examples_file", "retention")
 #: The run directory's file of per-example scores (docs/contracts.md, "Per-example scores").
 EXAMPLES_FILE = "examples.jsonl"
 LIST_FIELDS = ("evaluations",)
@@ -113,6 +113,9 @@ class RunResult:
     per_example: dict | None = None  # {metric: stats.py statistic that reproduces it from its values}
     per_example_source: dict | None = None  # {metric: the `evaluation` of its lines in examples_file}
     examples_file: str | None = None  # "examples.jsonl" (in the run directory) once it is written
+    # outside the task: {"forgetting": {...}, "<retention task>": {...}}, each with metrics, per_example,
+    # per_example_source (score sets in examples_file), examples and data (runner.retention_step)
+    retention: dict | None = None
     cost: dict | None = field(default_factory=dict)
     curves: dict | None = field(default_factory=dict)
     data: dict | None = field(default_factory=dict)

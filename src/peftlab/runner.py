@@ -25,9 +25,10 @@ from typing import Any, Callable
 import torch
 
 from peftlab.adapters import save_adapter
-from peftlab.config import EvalConfig, RunConfig
+from peftlab.config import EvalConfig, RunConfig, TaskConfig
 from peftlab.data.batching import make_batches
 from peftlab.evaluation.metrics import direction_of
+from peftlab.evaluation.progress import EvalProgress, ProgressCallback
 from peftlab.measure import count_parameters, peak_flops, provenance, training_flops
 from peftlab.methods import ApplyContext, get_method
 from peftlab.models import default_device, load_model, load_tokenizer, resolve_path, torch_dtype
@@ -62,12 +63,14 @@ class ModelCache:
 
 def execute_run(rc: RunConfig, store: Store, sweep_id: str | None = None,
                 progress: Callable[[int, int, float], None] | None = None,
-                cache: ModelCache | None = None, lock: RunLock | None = None) -> dict:
+                cache: ModelCache | None = None, lock: RunLock | None = None,
+                eval_progress: ProgressCallback | None = None) -> dict:
     """Run `rc` and record it; returns the recorded result as a dict (`RunResult.to_dict()`, what
     `Store.read_result` gives back).
 
     `lock`: the run's lock already held by the caller (a sweep takes it first, so it can re-check the
     status and clear a stale run directory under it); the caller then also releases it.
+    `progress(step, steps, loss)` follows training, `eval_progress(phase, done, total)` the evaluation.
     """
     run_id = rc.run_id()
     own_lock = lock is None
@@ -80,7 +83,7 @@ def execute_run(rc: RunConfig, store: Store, sweep_id: str | None = None,
     try:
         store.write_config(run_id, rc.to_dict())
         store.write_result(result)
-        _execute(rc, store, result, progress, cache)
+        _execute(rc, store, result, progress, cache, eval_progress)
     except KeyboardInterrupt:
         _finish(store, result, RunStatus.CANCELLED, "interrupted by the user (Ctrl-C)")
         raise
@@ -123,7 +126,7 @@ def initial_result(rc: RunConfig, run_id: str, sweep_id: str | None) -> RunResul
         error=None, label=rc.method.label, method=rc.method.method, method_args=dict(rc.method.args),
         model=rc.model.name, task=rc.task.name, seed=rc.seed, grid=dict(rc.grid),
         train=dataclasses.asdict(rc.train), config_hash=rc.config_hash(), provenance=provenance(),
-        started_at=now(), finished_at=None,
+        started_at=now(), finished_at=None, extra={"tuning": dict(rc.tuning)} if rc.tuning else {},
     )
 
 
@@ -137,16 +140,24 @@ def _seed_everything(seed: int, threads: int | None) -> None:
 
 
 def load_split(rc: RunConfig, spec: Any, role: str, limit: int | None) -> tuple[list[dict], dict]:
-    """The records of one role (train/validation/test) of the run's task, and where they came from."""
-    from peftlab.data import load_records
+    """The records of one role (train/validation/test) of the run's task, and where they came from.
 
+    A tuning trial is refused the test split (`peftlab.tuning.check_split`); with `rc.holdout` a task without
+    a validation split gets one held out of train (`peftlab.tuning.holdout_split`)."""
+    from peftlab.data import load_records
+    from peftlab.tuning import check_split, holdout_split
+
+    check_split(rc, role)
+    if rc.holdout and role in ("train", "validation") and spec.splits.get("validation") is None:
+        return holdout_split(rc, spec, role, limit)
     split = spec.splits.get(role)
     if split is None:
         return [], {}
     return load_records(rc.task.name, split, source=rc.task.source, limit=limit, seed=DATA_SEED)
 
 
-def _execute(rc: RunConfig, store: Store, result: RunResult, progress: Any, cache: ModelCache | None) -> None:
+def _execute(rc: RunConfig, store: Store, result: RunResult, progress: Any, cache: ModelCache | None,
+             eval_progress: ProgressCallback | None = None) -> None:
     spec = get_task(rc.task.name)
     task_args = spec.resolve_args(rc.task.args)
     method = get_method(rc.method.method)
@@ -169,8 +180,9 @@ def _execute(rc: RunConfig, store: Store, result: RunResult, progress: Any, cach
 
     train_records, train_info = load_split(rc, spec, "train", rc.task.limit_train) if method.trains else ([], {})
     val_records, val_info = load_split(rc, spec, "validation", rc.task.limit_eval) if method.trains else ([], {})
-    test_records, test_info = load_split(rc, spec, "test", rc.task.limit_eval)
-    result.data = {k: v for k, v in (("train", train_info), ("validation", val_info), ("test", test_info)) if v}
+    eval_records, eval_info = ((val_records, val_info) if rc.eval_split == "validation" and method.trains
+                               else load_split(rc, spec, rc.eval_split, rc.task.limit_eval))  # trials: validation
+    result.data = {k: v for k, v in (("train", train_info), ("validation", val_info), (rc.eval_split, eval_info)) if v}
 
     cost: dict[str, Any] = dict(params)
     if method.trains:
@@ -193,7 +205,7 @@ def _execute(rc: RunConfig, store: Store, result: RunResult, progress: Any, cach
     result.cost = cost
     store.write_result(result)  # training is safe on disk before evaluation starts
 
-    evaluation, eval_time = evaluate_step(rc, spec, model, tokenizer, test_records, device, method=method.name,
+    evaluation, eval_time = evaluate_step(rc, spec, model, tokenizer, eval_records, device, method=method.name,
                                           task_args=task_args)
     cost.update(eval_time_s=eval_time, eval_examples=evaluation.get("examples"),
                 eval_s_per_example=eval_time / max(evaluation.get("examples") or 1, 1),
@@ -204,6 +216,12 @@ def _execute(rc: RunConfig, store: Store, result: RunResult, progress: Any, cach
     result.metric_directions = {k: d for k in evaluation["metrics"] if (d := direction_of(k, spec.metrics))}
     if evaluation.get("samples"):
         _write_samples(store.run_dir(result.run_id), evaluation["samples"])
+    retention, retention_scores, retention_time = (retention_step(rc, model, tokenizer, device, eval_progress)
+                                                   if rc.trial is None else ({}, [], 0.0))  # trials: test unread
+    if retention:
+        result.retention = retention
+        cost["retention_time_s"] = retention_time
+        evaluation = {**evaluation, "scores": [*(evaluation.get("scores") or []), *retention_scores]}
     record_examples(store, result, evaluation)
     problem = check_evaluation(result.metrics, result.evaluations, vocab_size(model, tokenizer))
     if problem:
@@ -212,21 +230,60 @@ def _execute(rc: RunConfig, store: Store, result: RunResult, progress: Any, cach
 
 def evaluate_step(rc: RunConfig, spec: Any, model: Any, tokenizer: Any, records: list[dict], device: str,
                   method: str | None = None, task_args: dict | None = None,
-                  eval_cfg: EvalConfig | None = None) -> tuple[dict, float]:
+                  eval_cfg: EvalConfig | None = None, on_progress: ProgressCallback | None = None
+                  ) -> tuple[dict, float]:
     """Score `model` on `records` with the task's `evaluate` hook: (its evaluation, seconds taken).
 
     The one evaluate step: the runner calls it after training, `peftlab evaluate` on a saved run
-    (with its own decoding strategies in `eval_cfg`).
+    (with its own decoding strategies in `eval_cfg`). `on_progress(phase, done, total)` hears every
+    scored batch.
     """
     ctx = EvalContext(
         model=model, tokenizer=tokenizer, records=records,
         args=task_args if task_args is not None else spec.resolve_args(rc.task.args),
         max_length=rc.task.max_length, device=str(device), eval=eval_cfg or rc.eval, spec=spec,
-        method=method or rc.method.method, source=rc.task.source, data_seed=DATA_SEED)
+        method=method or rc.method.method, source=rc.task.source, data_seed=DATA_SEED,
+        progress=EvalProgress(on_progress))
     t0 = time.perf_counter()
     model.eval()
     evaluation = spec.module.evaluate(spec, ctx)
     return evaluation, time.perf_counter() - t0
+
+
+def retention_step(rc: RunConfig, model: Any, tokenizer: Any, device: str,
+                   on_progress: ProgressCallback | None = None) -> tuple[dict, list[dict], float]:
+    """What the run keeps outside its task: forgetting on general text (`eval.forgetting_texts` paragraphs,
+    `peftlab.evaluation.forgetting`) and each of `eval.retention_tasks` scored by its own evaluation (its
+    test split, `limit_eval` and `max_length` of the run's task). Returns ({name: entry}, their score sets
+    (named `forgetting`, `retention:<task>:<set>`), seconds); entries hold `metrics`, `per_example`,
+    `per_example_source`, `examples` and `data`."""
+    from peftlab.evaluation.forgetting import EVALUATION, GENERAL_TASK, TOKENS, general_texts, score_general_text
+    from peftlab.tasks.common import example_ids
+
+    t0 = time.perf_counter()
+    entries: dict[str, dict] = {}
+    score_sets: list[dict] = []
+    if rc.eval.forgetting_texts and rc.task.name != GENERAL_TASK:
+        records, info = general_texts(rc.eval.forgetting_texts, rc.task.source, DATA_SEED)
+        model.eval()
+        entry = score_general_text(model, tokenizer, records, example_ids(records), device,
+                                   max(1, rc.eval.batch_size) * TOKENS, EvalProgress(on_progress))
+        score_sets += entry.pop("scores")
+        entries[EVALUATION] = {**entry, "data": info}
+    for name in rc.eval.retention_tasks:
+        task_rc = dataclasses.replace(rc, task=TaskConfig(name=name, source=rc.task.source,
+                                                          limit_eval=rc.task.limit_eval, max_length=rc.task.max_length))
+        spec = get_task(name)
+        records, info = load_split(task_rc, spec, "test", rc.task.limit_eval)
+        evaluation, _ = evaluate_step(task_rc, spec, model, tokenizer, records, device, on_progress=on_progress)
+        prefix = f"retention:{name}:"
+        score_sets += [{**ss, "evaluation": prefix + ss["evaluation"]} for ss in evaluation.get("scores") or []]
+        entries[name] = {"metrics": evaluation["metrics"], "primary_metric": spec.primary_metric,
+                         "per_example": evaluation.get("per_example"),
+                         "per_example_source": {m: prefix + ss for m, ss in
+                                                (evaluation.get("per_example_source") or {}).items()},
+                         "examples": evaluation.get("examples"), "data": info}
+    return entries, score_sets, time.perf_counter() - t0
 
 
 def example_lines(evaluation: dict, names: dict[str, str] | None = None) -> list[dict]:

@@ -144,19 +144,20 @@ class RunLock(files.FileLock):
 _WARNED: set[tuple[str, str]] = set()
 
 
-def _warn(path: Path, problem: str) -> None:
+def _warn_file(path: Path, problem: str, consequence: str) -> None:
     """One line per bad file and problem per process (a sweep reads a file several times)."""
     if (str(path), problem) in _WARNED:
         return
     _WARNED.add((str(path), problem))
-    log.warning("%s %s; treated as a run without a result (a sweep re-runs it)", path, problem)
+    log.warning("%s %s; %s", path, problem, consequence)
+
+
+def _warn(path: Path, problem: str) -> None:
+    _warn_file(path, problem, "treated as a run without a result (a sweep re-runs it)")
 
 
 def _warn_examples(path: Path, problem: str) -> None:
-    if (str(path), problem) in _WARNED:
-        return
-    _WARNED.add((str(path), problem))
-    log.warning("%s %s; no per-example scores for this run", path, problem)
+    _warn_file(path, problem, "no per-example scores for this run")
 
 
 def parse_examples(text: str) -> dict[str, dict[str, dict[str, Any]]]:
@@ -505,6 +506,52 @@ class Store:
             if isinstance(exc, StoreWriteError):
                 raise
             raise StoreWriteError(path, exc) from exc
+
+    # ------------------------------------------------------------------------------ samples and config
+    def read_samples(self, run_id: str) -> list[dict]:
+        """The run's samples.jsonl: one object per test example (its `id`/`task_id`, or `index` in test order,
+        the gold answer, the outputs and their scores), in test order. Read-only and never fatal: a missing file
+        gives []; an unreadable one, or a line that is not a JSON object, gives [] and one warning naming the
+        path (logger `peftlab.store`)."""
+        path = self.run_dir(run_id) / "samples.jsonl"
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        except (OSError, UnicodeDecodeError) as exc:
+            _warn_file(path, f"cannot be read ({_reason(exc)})", "no samples shown for this run")
+            return []
+        lines = []
+        for n, raw in enumerate(text.splitlines(), 1):
+            if not raw.strip():
+                continue
+            try:
+                line = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                line, problem = None, f"is malformed (line {n}: {exc.msg})"
+            else:
+                problem = None if isinstance(line, dict) else f"is malformed (line {n} is not an object)"
+            if problem:
+                _warn_file(path, problem, "no samples shown for this run")
+                return []
+            lines.append(line)
+        return lines
+
+    def read_config(self, run_id: str) -> dict | None:
+        """The run's config.yaml (the resolved run as it started), or None when it has none; an unreadable or
+        malformed one gives None and one warning naming the path."""
+        path = self.run_dir(run_id) / "config.yaml"
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            _warn_file(path, f"cannot be read ({exc})", "its configuration is shown from result.json only")
+            return None
+        if not isinstance(data, dict):
+            _warn_file(path, "is not a mapping", "its configuration is shown from result.json only")
+            return None
+        return data
 
     def read_result(self, run_id: str) -> dict | None:
         """The run's result, or None when it has none or an unusable one (warned, naming the file)."""

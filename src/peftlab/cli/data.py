@@ -22,11 +22,11 @@ def _resolve_tasks(tasks: list[str]) -> list[str]:
     return list(dict.fromkeys(tasks))
 
 
-def prepare_cmd(tasks: list[str], force: bool) -> int:
+def prepare_cmd(tasks: list[str], force: bool, verbose: bool = False) -> int:
     """Prepare offline data for `tasks`; print per-split counts, file locations and timings.
 
-    Keeps going after a failing task so one bad download does not hide the others' status;
-    returns 1 if any task failed, else 0.
+    Keeps going after a failing task so one bad download does not hide the others' status (one line
+    each; `verbose`: with the traceback); returns 1 if any task failed, else 0.
     """
     try:
         names = _resolve_tasks(tasks)
@@ -41,8 +41,10 @@ def prepare_cmd(tasks: list[str], force: bool) -> int:
             manifest = offline.read_manifest(task) or {}
         except Exception as exc:  # report and continue with the next task
             failed.append(task)
-            print(f"{task}: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
-            traceback.print_exc(limit=3, file=sys.stderr)
+            print(f"{task}: FAILED: {type(exc).__name__}: {exc}" + ("" if verbose else " (-v for the traceback)"),
+                  file=sys.stderr)
+            if verbose:
+                traceback.print_exc(limit=3, file=sys.stderr)
             continue
         print(f"{task} ({time.perf_counter() - t0:.1f} s) -> {offline.data_dir(task)}")
         for split, path in paths.items():
@@ -107,7 +109,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         path = prepare_alias(alias, force=args.force)
         print(f"model {alias}: {path} ({time.perf_counter() - t0:.1f}s)")
-    return prepare_cmd(tasks, args.force) if tasks else 0
+    return prepare_cmd(tasks, args.force, getattr(args, "verbose", False)) if tasks else 0
 
 
 def _task_names() -> list[str]:

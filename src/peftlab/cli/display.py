@@ -1,4 +1,5 @@
-"""Everything the CLI shows on the terminal: one line per run, the sweep's plan, live progress, the summary.
+"""Everything the CLI shows on the terminal: one line per run, the runs table of `ls runs`, the sweep's
+plan, live progress, the summary.
 
 `Display` is the `ProgressListener` the CLI hands to an executor: a live line on a TTY (run k/N,
 step, loss, ETA), sparse plain lines otherwise.
@@ -6,10 +7,11 @@ step, loss, ETA), sparse plain lines otherwise.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
-from typing import Callable, TextIO
+from typing import Any, Callable, TextIO
 
 from peftlab.config import RunConfig
 from peftlab.executors.base import SweepSummary
@@ -18,23 +20,151 @@ from peftlab.plan import PlannedRun, SweepPlan
 from peftlab.status import FINISHED_BADLY, OutcomeKind, PlanState, RunStatus
 
 
+def print_json(doc: Any) -> None:
+    """`--json`: the command's one document on stdout (values JSON lacks, such as paths, as text)."""
+    print(json.dumps(doc, indent=2, ensure_ascii=False, default=str))
+
+
 # ------------------------------------------------------------------------------------------ one run
+def metric_text(result: dict) -> str:
+    """`perplexity=21.3`: the run's primary metric, or `-` when it has none."""
+    primary = result.get("primary_metric")
+    value = (result.get("metrics") or {}).get(primary)
+    return f"{primary}={value:.4g}" if isinstance(value, (int, float)) else "-"
+
+
+def error_tail(result: dict) -> str | None:
+    """The last line of a run's error (its traceback's message), for runs that are not ok."""
+    if result.get("status") != RunStatus.OK and result.get("error"):
+        lines = str(result["error"]).strip().splitlines()
+        return lines[-1][:120] if lines else None
+    return None
+
+
 def summary_line(result: dict) -> str:
     """One run on one line: label, task, seed, status, primary metric, cost; the error's last line."""
     cost = result.get("cost") or {}
-    primary = result.get("primary_metric")
-    value = (result.get("metrics") or {}).get(primary)
-    metric = f"{primary}={value:.4g}" if isinstance(value, (int, float)) else "-"
     tps = cost.get("tokens_per_s")
     mem = cost.get("peak_memory_bytes")
     parts = [f"{result.get('label', '?'):<14}", f"{result.get('task', '?'):<9}", f"s{result.get('seed')}",
-             f"{result.get('status', '?'):<9}", f"{metric:<24}",
+             f"{result.get('status', '?'):<9}", f"{metric_text(result):<24}",
              f"trainable={cost.get('trainable_pct', 0):.4f}%" if cost else "",
              f"tok/s={tps:.0f}" if tps else "", f"peak={fmt_gib(mem)}" if mem else ""]
     line = "  ".join(p for p in parts if p)
-    if result.get("status") != RunStatus.OK and result.get("error"):
-        line += f"  error: {result['error'].strip().splitlines()[-1][:120]}"
+    error = error_tail(result)
+    if error:
+        line += f"  error: {error}"
     return line
+
+
+# ------------------------------------------------------------------------------------------ ls runs
+# Keys of a run's config that never tell two runs of one (experiment, task, method, seed) group apart
+# in a useful way: the group's own coordinates, where it is stored, and the grid (shown by itself).
+_NOT_SETTINGS = ("experiment", "seed", "output_dir", "trackers", "grid", "method.label", "method.method", "task.name")
+
+
+def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _flatten(inner, f"{prefix}.{key}" if prefix else str(key), out)
+    elif isinstance(value, list) and value and all(isinstance(v, dict) and "name" in v for v in value):
+        out[prefix] = [v["name"] for v in value]  # eval.decoding: the strategies by name
+    else:
+        out[prefix] = value
+
+
+def run_settings(result: dict, config: dict | None = None) -> dict[str, Any]:
+    """A run's resolved settings as dotted keys (`train.lr`, `method.args.r`, `task.limit_train`, `model.name`).
+
+    `config` is the run's config.yaml (task, evaluation and model fields); the result's resolved
+    method arguments (defaults filled in), training settings and model name are laid over it.
+    """
+    flat: dict[str, Any] = {}
+    _flatten(config or {}, "", flat)
+    _flatten({"model": {"name": result.get("model")}, "method": {"args": result.get("method_args") or {}},
+              "train": result.get("train") or {}}, "", flat)
+    return {k: v for k, v in flat.items() if not any(k == s or k.startswith(s + ".") for s in _NOT_SETTINGS)}
+
+
+def run_group(result: dict) -> tuple:
+    """Runs that look alike on a summary line: same experiment, task, method and seed."""
+    return (result.get("experiment"), result.get("task"), result.get("method"), result.get("seed"))
+
+
+def distinguishing_settings(results: list[dict], configs: dict[str, dict | None]) -> dict[str, dict[str, Any]]:
+    """Run id -> the settings whose values differ between runs of the same experiment, task, method
+    and seed (two lora runs with different `train.lr`: `{"train.lr": 0.001}` for one of them).
+
+    `configs`: run id -> its config.yaml (or None); config fields are compared only when every run
+    of the group has one, so a missing file never reads as a difference.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault(run_group(r), []).append(r)
+    out: dict[str, dict[str, Any]] = {r["run_id"]: {} for r in results}
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        with_config = all(configs.get(m["run_id"]) for m in members)
+        flats = [run_settings(m, configs.get(m["run_id"]) if with_config else None) for m in members]
+        keys = list(dict.fromkeys(k for f in flats for k in f))
+        for key in keys:
+            seen = {json.dumps(f[key], sort_keys=True, default=str) if key in f else None for f in flats}
+            if len(seen) > 1:
+                for m, f in zip(members, flats):
+                    if key in f:
+                        out[m["run_id"]][key] = f[key]
+    return out
+
+
+def setting_value(value: Any) -> str:
+    """A setting as a user writes it: `0.001`, `null`, `true`, `q_proj,v_proj`."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(setting_value(v) for v in value)
+    return fmt_value(value)
+
+
+def settings_text(grid: dict, overrides: dict[str, Any]) -> str:
+    """`r=8 lr=0.001`: grid coordinates, then the other distinguishing settings, by their last name part
+    (the whole dotted key where two parts would read alike)."""
+    grid_items = [(key, setting_value(value)) for key, value in sorted(grid.items())]
+    in_grid = {(key.split(".")[-1], text) for key, text in grid_items}  # the grid's `lora.r=4` is `method.args.r=4`
+    items = grid_items + [("model" if key == "model.name" else key, setting_value(value))
+                          for key, value in overrides.items()
+                          if (key.split(".")[-1], setting_value(value)) not in in_grid]
+    names = [key.split(".")[-1] for key, _ in items]
+    return " ".join(f"{key if names.count(name) > 1 else name}={text}" for (key, text), name in zip(items, names))
+
+
+def runs_table(results: list[dict], overrides: dict[str, dict[str, Any]]) -> str:
+    """`peftlab ls runs`: a header and one row per run (an error's last line under its row)."""
+    header = ("run", "method", "task", "seed", "status", "metric", "trainable", "tok/s", "peak mem",
+              "grid & distinguishing settings")
+    rows: list[tuple[tuple[str, ...], str | None]] = []
+    for r in results:
+        cost = r.get("cost") or {}
+        pct, tps, mem = cost.get("trainable_pct"), cost.get("tokens_per_s"), cost.get("peak_memory_bytes")
+        rows.append(((str(r.get("run_id", "?")), str(r.get("label", "?")), str(r.get("task", "?")), f"s{r.get('seed')}",
+                      str(r.get("status", "?")), metric_text(r),
+                      f"{pct:.4f}%" if isinstance(pct, (int, float)) else "-",
+                      f"{tps:.0f}" if tps else "-", fmt_gib(mem) if mem else "-",
+                      settings_text(r.get("grid") or {}, overrides.get(r.get("run_id", ""), {})) or "-"),
+                     error_tail(r)))
+    widths = [max(len(row[i]) for row in [header, *(cells for cells, _ in rows)]) for i in range(len(header) - 1)]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)) + "  " + cells[-1]
+
+    lines = [line(header)]
+    for cells, error in rows:
+        lines.append(line(cells))
+        if error:
+            lines.append(f"    error: {error}")
+    return "\n".join(lines)
 
 
 def step_printer(i: int, n: int, rc: RunConfig, out: TextIO | None = None) -> Callable[[int, int, float], None]:
@@ -48,12 +178,19 @@ def step_printer(i: int, n: int, rc: RunConfig, out: TextIO | None = None) -> Ca
 
 
 # ------------------------------------------------------------------------------------------ plan
+def _point(value: Any) -> str:
+    """A grid coordinate: a tied axis's point as `(r=4, lora_alpha=8)`, anything else as fmt_value."""
+    if isinstance(value, dict):
+        return "(" + ", ".join(f"{k.split('.')[-1]}={fmt_value(v)}" for k, v in value.items()) + ")"
+    return fmt_value(value)
+
+
 def format_plan(plan: SweepPlan, max_rows: int | None = None, executor: str = "local") -> str:
     """The plan as text: one row per task × method × grid point (seeds with their states), then counts."""
     exp = plan.experiment
     groups: dict[tuple, list[PlannedRun]] = {}
     for p in plan.runs:  # grid values may be lists (target_modules), so the key is their text
-        coords = "  ".join(f"{k}={fmt_value(v)}" for k, v in p.rc.grid.items()) or "-"
+        coords = "  ".join(f"{k}={_point(v)}" for k, v in p.rc.grid.items()) or "-"
         groups.setdefault((p.rc.task.name, p.rc.method.label, coords), []).append(p)
     rows = [("task", "method", "grid", "seeds (state)")]
     for (task, label, coords), members in groups.items():
@@ -65,7 +202,7 @@ def format_plan(plan: SweepPlan, max_rows: int | None = None, executor: str = "l
     axes = [f"tasks: {', '.join(t.name for t in exp.tasks)}", f"methods: {', '.join(m.label for m in exp.methods)}"]
     if exp.grid:
         axes.append("grid: " + " × ".join(
-            f"{k} [{', '.join(fmt_value(v) for v in (vals if isinstance(vals, list) else [vals]))}]"
+            f"{k} [{', '.join(_point(v) for v in (vals if isinstance(vals, list) else [vals]))}]"
             for k, vals in exp.grid.items()))
     axes.append(f"seeds: {', '.join(str(s) for s in exp.seeds)}")
     lines.append("  " + " · ".join(axes) + f" → {len(plan.runs)} run(s)")
@@ -154,6 +291,7 @@ class Display:
         self.throughput_eta = False
         self._run_start: float | None = None
         self._first_step: tuple[int, float] | None = None
+        self._eval_start: tuple[str, float, float] | None = None  # (phase, time, done) of the phase's start
 
     # ----------------------------------------------------------------- helpers
     def _write(self, text: str) -> None:
@@ -204,7 +342,7 @@ class Display:
 
     # ----------------------------------------------------------------- ProgressListener
     def sweep_started(self, plan: SweepPlan) -> None:
-        self.n = len(plan.to_run)
+        self.n = len(plan.to_run) + plan.pending  # a tuned sweep's test runs join once its trials are selected
         if self.prior_run_s is None:
             self.prior_run_s = plan.mean_run_s()
         self.sweep_start = time.perf_counter()
@@ -244,6 +382,22 @@ class Display:
                 f"ETA {fmt_duration(self.eta(current_left))}")
         if self.tty:
             self._live_line(line, force=step == total)
+        elif now - self._last_print >= self.PLAIN_INTERVAL_S:
+            self._last_print = now
+            self._write(line + "\n")
+
+    def evaluating(self, phase: str, done: float, total: int) -> None:
+        """The live line while a run is scored: phase, examples done, rate and the ETA."""
+        now = time.perf_counter()
+        if not done or self._eval_start is None or self._eval_start[0] != phase:
+            self._eval_start = (phase, now, done)
+        _, t0, d0 = self._eval_start
+        rate = (done - d0) / (now - t0) if done > d0 and now > t0 else None
+        current_left = (total - done) / rate if rate else None
+        line = (f"run {self.k}/{self.n} {self._label()}: evaluating {phase} {int(done)}/{total}"
+                + (f" ({rate:.1f}/s)" if rate else "") + f" ETA {fmt_duration(self.eta(current_left))}")
+        if self.tty:
+            self._live_line(line, force=done >= total)
         elif now - self._last_print >= self.PLAIN_INTERVAL_S:
             self._last_print = now
             self._write(line + "\n")

@@ -8,11 +8,21 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 from pathlib import Path
 
 from peftlab import executors
 from peftlab.cli.checks import load_for_cli
-from peftlab.cli.display import SKIP_REASONS, Display, format_plan, step_printer, summary_line, sweep_summary_line
+from peftlab.cli.display import (
+    SKIP_REASONS,
+    Display,
+    format_plan,
+    print_json,
+    step_printer,
+    summary_line,
+    sweep_summary_line,
+)
+from peftlab.config import ConfigError
 from peftlab.executors.base import SweepInterrupted
 from peftlab.plan import check_run_options, check_trackers, executor_options, make_plan, validate
 from peftlab.status import FINISHED_BADLY, OutcomeKind, RunStatus
@@ -29,6 +39,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     exp = load_for_cli(args)
     runs = validate(exp)
     check_run_options(exp)
+    if exp.tuning is not None:
+        raise ConfigError(f"{args.config}: tuning runs in stages (trials, selection on validation, then the test runs); "
+                          f"use: peftlab sweep {args.config}")
     store = Store(exp.output_dir)
     cache = ModelCache()
     print(f"{exp.name}: {len(runs)} run(s) → {store.root}/")
@@ -43,7 +56,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             busy += 1
             print(f"[{i}/{len(runs)}] {outcome.run_id}: {SKIP_REASONS[outcome.kind]}")
         else:
-            print("\r" + " " * 100 + "\r", end="")
+            if sys.stdout.isatty():  # clear the live step line
+                print("\r" + " " * 100 + "\r", end="")
             print(f"[{i}/{len(runs)}] {summary_line(outcome.result)}  ({time.perf_counter() - t0:.0f}s)")
             failures += outcome.result["status"] != RunStatus.OK
     ok = len(runs) - failures - busy
@@ -54,11 +68,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------ validate
 def cmd_validate(args: argparse.Namespace) -> int:
+    """`peftlab validate FILE [--json]`: every check that needs no model; the run count (or every run id)."""
     exp = load_for_cli(args)
     runs = validate(exp)
     check_run_options(exp)
+    if getattr(args, "json", False):
+        print_json({"ok": True, "config": str(args.config), "experiment": exp.name, "model": exp.model.name,
+                    "tasks": [t.name for t in exp.tasks], "methods": [m.label for m in exp.methods],
+                    "seeds": list(exp.seeds), "grid": exp.grid, "store": exp.output_dir,
+                    "runs": [rc.run_id() for rc in runs]})
+        return 0
+    finals = 0
+    if exp.tuning is not None:
+        from peftlab.tuning import count_finals
+
+        finals = count_finals(exp)
     print(f"{args.config}: ok — {len(exp.tasks)} task(s), {len(exp.methods)} method(s), "
-          f"{len(exp.seeds)} seed(s), {len(runs)} run(s)")
+          f"{len(exp.seeds)} seed(s), {len(runs)} run(s)" + (f" + {finals} test run(s) after selection" if finals else ""))
     return 0
 
 
@@ -97,7 +123,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     check_trackers(list(exp.trackers))
     store = Store(exp.output_dir)
-    if plan.to_run:
+    if plan.to_run or plan.pending:
         print()
         try:
             summary = executors.run_sweep(exp, store, executor=executor, retry_failed=args.retry_failed,
@@ -113,7 +139,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                   "to pick up any that it does not finish")
         if summary.skipped_failed and not args.retry_failed:
             print(f"  {len(summary.skipped_failed)} failed/diverged run(s) skipped; add --retry-failed to re-run them")
-        ok = summary.ok
+        for reason in summary.pending:
+            print(f"  test runs not started: {reason}")
+        ok = summary.ok and not summary.pending
     else:
         ok = not plan.count(*FINISHED_BADLY)
     report_dir = getattr(args, "report_dir", None)
@@ -121,7 +149,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         from peftlab.report import write_report
 
         paths = write_report(store.results(experiment=exp.name), Path(report_dir), title=exp.name,
-                             examples=store.read_examples)
+                             examples=store.read_examples, samples=store.read_samples, configs=store.read_config)
         print(f"report: {paths.get('report.html') or paths.get('summary.md') or report_dir}")
     else:
         print(f"see: peftlab ls runs --store {store.root} --experiment {exp.name}  |  "

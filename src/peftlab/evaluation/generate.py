@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from peftlab.config import DecodingConfig
+from peftlab.evaluation.progress import EvalProgress
 from peftlab.methods.virtual_tokens import hf_generate, hf_model
 
 __all__ = ["GenerationOutput", "generate", "hf_generate", "generation_kwargs", "eos_token_ids", "left_pad",
@@ -157,13 +158,14 @@ def _completion_ids(seq: list[int], eos: set[int], pad: int | None) -> tuple[lis
 @torch.no_grad()
 def generate(model: Any, tokenizer: Any, prompts: list[list[int]], decoding: DecodingConfig,
              batch_size: int = 8, device: Any = None, *, use_cache: bool = True,
-             streamer: Any = None) -> GenerationOutput:
+             streamer: Any = None, progress: EvalProgress | None = None) -> GenerationOutput:
     """Generate `num_return_sequences` completions per prompt (token-id lists), batched.
 
     Prompts are sorted by length so a batch holds similar lengths (less padding); results come
     back in prompt order. Sampling is seeded per batch from `decoding.seed`, so the same call
     gives the same samples. `use_cache=False` exists to check the cache (it is much slower);
-    `streamer` (a transformers streamer) needs `batch_size=1` or a single prompt.
+    `streamer` (a transformers streamer) needs `batch_size=1` or a single prompt; `progress` advances
+    by the prompts of each finished batch.
     """
     device = device or next(model.parameters()).device
     kwargs = generation_kwargs(decoding, tokenizer, model)
@@ -205,6 +207,8 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[int]], decoding: Dec
         for i in idx:
             per_prompt[i] = elapsed / len(idx)
         out.batches += 1
+        if progress is not None:
+            progress.advance(len(idx))
     out.seconds = time.perf_counter() - start
     out.texts = [texts[i] for i in range(len(prompts))]
     out.token_ids = [ids_out[i] for i in range(len(prompts))]

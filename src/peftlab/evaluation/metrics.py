@@ -502,6 +502,7 @@ DIRECTIONS: dict[str, str] = {
     "in_domain_accuracy": "higher",
     "rouge_l": "higher",
     "loss": "lower",
+    "general_loss": "lower",  # forgetting: held-out general-text cross-entropy (evaluation.forgetting)
     "token_perplexity": "lower",
     "bits_per_byte": "lower",
 }

@@ -3,15 +3,60 @@
 Prompt-learning models (prompt tuning, the LoRA+prompt hybrid) return logits for their virtual
 tokens too; `aligned_logits` drops those so position i always predicts input token i+1,
 whichever method produced the model.
+
+Batches are sized by a token budget, not a row count (`token_batches`): rows are sorted longest
+first and a batch takes rows while rows x its longest row fits the budget, so short examples
+(sentences) share a forward pass in dozens while long ones (reviews) come a few at a time, with
+little padding either way. Scoring only the last position (`last_token_logits`) skips the output
+layer everywhere else: with a 49k vocabulary that layer is about a fifth of the forward pass,
+and its full logits tensor the largest allocation.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from peftlab.evaluation.progress import EvalProgress
+
+
+def token_batches(lengths: Sequence[int], max_tokens: int, max_rows: int | None = None) -> list[list[int]]:
+    """Indices grouped into batches, longest rows first, each with rows x longest <= `max_tokens`
+    (a row longer than the budget gets a batch of its own) and at most `max_rows` rows."""
+    if max_tokens < 1:
+        raise ValueError(f"token_batches: max_tokens must be >= 1, got {max_tokens}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    for i in order:
+        if batches:
+            batch = batches[-1]
+            width = max(lengths[batch[0]], 1)
+            if (len(batch) + 1) * width <= max_tokens and (max_rows is None or len(batch) < max_rows):
+                batch.append(i)
+                continue
+        batches.append([i])
+    return batches
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, labels: Sequence[Sequence[int]] | None = None
+             ) -> dict[str, torch.Tensor]:
+    """Right-padded `input_ids` and `attention_mask` (and `labels`, -100 on padding) for token-id rows."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    out = {"input_ids": ids, "attention_mask": mask}
+    if labels is not None:
+        out["labels"] = torch.full((len(rows), width), -100, dtype=torch.long)
+    for row, seq in enumerate(rows):
+        ids[row, :len(seq)] = torch.tensor(list(seq), dtype=torch.long)
+        mask[row, :len(seq)] = 1
+        if labels is not None:
+            out["labels"][row, :len(seq)] = torch.tensor(list(labels[row]), dtype=torch.long)
+    return out
 
 
 def aligned_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -82,26 +127,68 @@ def strided_perplexity(model: Any, tokenizer: Any, texts: list[str], window: int
 
 
 @torch.no_grad()
+def row_nll(model: Any, rows: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], pad_id: int, device: Any,
+            max_tokens: int, progress: EvalProgress | None = None, per_item: int = 1) -> tuple[list[float], list[int]]:
+    """Summed NLL (nats) of each row's labelled tokens (-100: not scored) and their count, in row order.
+
+    Batched by `token_batches(max_tokens)`; `progress` advances by one per `per_item` rows (several
+    rows can make up one example, e.g. its label choices)."""
+    nll_out, count_out = [0.0] * len(rows), [0] * len(rows)
+    for idx in token_batches([len(r) for r in rows], max_tokens):
+        batch = pad_rows([rows[i] for i in idx], pad_id, [labels[i] for i in idx])
+        nll, count = nll_sum(model, *(batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")))
+        for i, v, c in zip(idx, nll.double().tolist(), count.tolist()):
+            nll_out[i], count_out[i] = float(v), int(c)
+        if progress is not None:
+            progress.advance(len(idx) / per_item)
+    return nll_out, count_out
+
+
+@torch.no_grad()
 def choice_logprobs(model: Any, prompts: list[list[int]], choices: list[list[int]], pad_id: int,
-                    device: Any, batch_size: int = 8) -> torch.Tensor:
+                    device: Any, max_tokens: int = 2048, progress: EvalProgress | None = None) -> torch.Tensor:
     """Log-likelihood of each choice continuation after each prompt: shape (prompts, choices).
 
-    One forward pass per (prompt, choice) pair, batched; classification by comparing these needs
-    no generation and no answer parsing.
+    One forward pass per (prompt, choice) pair, batched by token budget; classification by
+    comparing these needs no generation and no answer parsing.
     """
-    pairs = [(p, c) for p in prompts for c in choices]
-    scores: list[float] = []
-    for s in range(0, len(pairs), batch_size):
-        chunk = pairs[s:s + batch_size]
-        width = max(len(p) + len(c) for p, c in chunk)
-        ids = torch.full((len(chunk), width), pad_id)
-        labels = torch.full((len(chunk), width), -100)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, (p, c) in enumerate(chunk):
-            seq = p + c
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
-            labels[row, len(p): len(seq)] = torch.tensor(c)
-        nll, _ = nll_sum(model, ids.to(device), mask.to(device), labels.to(device))
-        scores.extend((-nll).tolist())
-    return torch.tensor(scores).view(len(prompts), len(choices))
+    rows = [p + c for p in prompts for c in choices]
+    labels = [[-100] * len(p) + list(c) for p in prompts for c in choices]
+    nll, _ = row_nll(model, rows, labels, pad_id, device, max_tokens, progress, per_item=len(choices))
+    return torch.tensor([-v for v in nll]).view(len(prompts), len(choices))
+
+
+@contextlib.contextmanager
+def _only_positions(model: Any, positions: torch.Tensor, n_inputs: int) -> Iterator[None]:
+    """While active, the output layer sees one position per row (`positions`, counted in the inputs): a
+    pre-hook picks those hidden states, so the logits come out (rows, 1, vocab). Anything a method
+    prepends to the inputs (virtual tokens) sits before them, as `aligned_logits` assumes."""
+    head = model.get_output_embeddings()
+
+    def pick(_module: Any, args: tuple) -> tuple:
+        hidden = args[0]
+        offset = hidden.shape[1] - n_inputs
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return (hidden[rows, positions.to(hidden.device) + offset].unsqueeze(1), *args[1:])
+
+    handle = head.register_forward_pre_hook(pick)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def last_token_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The logits after each row's last real token of a right-padded batch: (rows, vocab).
+
+    The output layer runs on those positions only (see `_only_positions`); a model whose output layer
+    can't be found (no `get_output_embeddings`) gets the full forward pass instead, same result."""
+    last = attention_mask.sum(dim=1) - 1
+    head = getattr(model, "get_output_embeddings", lambda: None)()
+    if head is None:
+        logits = aligned_logits(model, input_ids, attention_mask)
+        return logits[torch.arange(input_ids.shape[0], device=logits.device), last.to(logits.device)]
+    with _only_positions(model, last, input_ids.shape[1]):
+        out = model(input_ids=input_ids, attention_mask=attention_mask)
+    return out.logits[:, -1]

@@ -32,6 +32,9 @@ class ProgressListener(Protocol):
 
     def step(self, step: int, total: int, loss: float) -> None: ...
 
+    def evaluating(self, phase: str, done: float, total: int) -> None:
+        """The current run's evaluation scored `done` of the `total` examples of `phase` (e.g. "test")."""
+
     def run_finished(self, k: int, result: dict, seconds: float) -> None: ...
 
     def run_skipped(self, k: int, run_id: str, kind: OutcomeKind) -> None: ...
@@ -52,6 +55,7 @@ class SilentListener:
     def sweep_started(self, plan: Any) -> None: ...
     def run_started(self, k: int, rc: RunConfig) -> None: ...
     def step(self, step: int, total: int, loss: float) -> None: ...
+    def evaluating(self, phase: str, done: float, total: int) -> None: ...
     def run_finished(self, k: int, result: dict, seconds: float) -> None: ...
     def run_skipped(self, k: int, run_id: str, kind: OutcomeKind) -> None: ...
     def parallel(self) -> None: ...
@@ -79,7 +83,7 @@ class Outcome:
 
 def claim_and_run(rc: RunConfig, store: Any, sweep_id: str | None, retry_failed: bool = False,
                   progress: Callable[[int, int, float], None] | None = None, cache: Any = None,
-                  force: bool = False) -> Outcome:
+                  force: bool = False, eval_progress: Callable[[str, float, int], None] | None = None) -> Outcome:
     """Take the run's lock, re-read its status under it, clear a stale run directory, run it.
 
     Under the lock: an `ok` run is `done` (unless `force`); a `failed`/`diverged` one is `skipped`
@@ -102,7 +106,8 @@ def claim_and_run(rc: RunConfig, store: Any, sweep_id: str | None, retry_failed:
                 return Outcome(OutcomeKind.SKIPPED, run_id, store.read_result(run_id))
         store.delete_run(run_id, keep_lock=True)
         t0 = time.perf_counter()
-        result = execute_run(rc, store, sweep_id=sweep_id, progress=progress, cache=cache, lock=lock)
+        result = execute_run(rc, store, sweep_id=sweep_id, progress=progress, cache=cache, lock=lock,
+                             eval_progress=eval_progress)
         return Outcome(OutcomeKind.RAN, run_id, result, time.perf_counter() - t0)
     finally:
         lock.release()
@@ -134,6 +139,7 @@ class SweepSummary:
     done_elsewhere: list[str] = field(default_factory=list)  # finished by another process meanwhile
     skipped_failed: list[str] = field(default_factory=list)
     busy: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)  # tuned experiments: what kept a method from its test runs
     interrupted: bool = False
     duration_s: float = 0.0
 
@@ -149,8 +155,9 @@ class SweepSummary:
 
     @property
     def ok(self) -> bool:
-        """Every run of the plan is ok (or being run by another sweep) and nothing was interrupted."""
-        return (not self.interrupted and not self.skipped_failed
+        """Every run of the plan is ok (or being run by another sweep), nothing was interrupted and every tuned
+        method reached its test runs."""
+        return (not self.interrupted and not self.skipped_failed and not self.pending
                 and all(r["status"] == RunStatus.OK for r in self.results))
 
 

@@ -28,11 +28,11 @@ import logging
 import os
 import socket
 import time
-from typing import Any
+from typing import Any, Iterable
 
 from peftlab.config import ConfigError, RunConfig
 from peftlab.executors.base import Outcome, ProgressListener, SweepSummary, claim_and_run, record, resolve_setup
-from peftlab.plan import SweepPlan
+from peftlab.plan import PlannedRun, SweepPlan
 from peftlab.status import OutcomeKind, RunStatus
 from peftlab.tasks.registry import task_paths
 
@@ -114,7 +114,9 @@ def _import_ray() -> Any:
 
 
 def run_ray(plan: SweepPlan, store: Any, summary: SweepSummary, listener: ProgressListener, retry_failed: bool,
-            setup: Any, opts: dict, address: str | None) -> None:
+            setup: Any, opts: dict, address: str | None, stages: Iterable[list[PlannedRun]] | None = None) -> None:
+    """Run `stages` (default: the plan's runs to run, as one stage) on Ray; a stage starts when the one before it
+    has finished (a tuned experiment's final runs wait for every trial)."""
     ray = _import_ray()
     started_here = not ray.is_initialized()
     if started_here:
@@ -123,32 +125,36 @@ def run_ray(plan: SweepPlan, store: Any, summary: SweepSummary, listener: Progre
             kwargs["include_dashboard"] = False
         ray.init(**kwargs)
     try:
-        _drive(ray, plan, store, summary, listener, retry_failed, setup, task_options(opts))
+        options = task_options(opts)
+        k = 0
+        for stage in (stages if stages is not None else [plan.to_run]):
+            k = _drive(ray, plan, stage, k, store, summary, listener, retry_failed, setup, options)
     finally:
         if started_here:
             ray.shutdown()
 
 
-def _drive(ray: Any, plan: SweepPlan, store: Any, summary: SweepSummary, listener: ProgressListener,
-           retry_failed: bool,
-           setup: Any, options: dict) -> None:
+def _drive(ray: Any, plan: SweepPlan, runs: list[PlannedRun], k: int, store: Any, summary: SweepSummary,
+           listener: ProgressListener, retry_failed: bool, setup: Any, options: dict) -> int:
+    """Submit `runs`, record each as it finishes (numbered on from `k`); returns the last number given."""
     from peftlab.store import now
 
+    if not runs:
+        return k
     task = ray.remote(remote_run)
     root = str(store.root.resolve())
     submitted_at = now()
     pending: dict[Any, Any] = {}
-    for planned in plan.to_run:
+    for planned in runs:
         ref = task.options(name=f"peftlab:{planned.run_id}", **options).remote(
             planned.rc, root, plan.sweep_id, retry_failed, setup)
         pending[ref] = planned
-    ask = ", ".join(f"{k}={v:g}" for k, v in (("num_cpus", options["num_cpus"]), ("num_gpus", options["num_gpus"])))
+    ask = ", ".join(f"{name}={options[name]:g}" for name in ("num_cpus", "num_gpus"))
     if "memory" in options:
         ask += f", memory={options['memory'] / 2**30:g}GiB"
     listener.note(f"submitted {len(pending)} run(s) to Ray ({ask} each; cluster: "
                  f"{_cluster_summary(ray)})")
     listener.parallel()
-    k = 0
     try:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
@@ -180,6 +186,7 @@ def _drive(ray: Any, plan: SweepPlan, store: Any, summary: SweepSummary, listene
                 k += 1
                 record(summary, outcome, listener, k)
         raise
+    return k
 
 
 def _collect(ray: Any, ref: Any, planned: Any, store: Any, sweep_id: str) -> Outcome:

@@ -15,6 +15,11 @@ numbers; failed/diverged/cancelled runs are counted and listed so a method that 
 bad seeds crashed is visible as such. Degenerate runs (constant predictions, identical to base, a
 loss that never fell) are flagged via :func:`stats.degenerate_reasons`, not silently ranked.
 
+Besides the numbers, a group carries what a reader needs to act on them: the resolved configuration of
+its runs (:func:`run_config`, flat ``{"train.lr": 0.0005, ...}``), the sample outputs of its runs keyed
+by example id (``samples.jsonl``), and its per-example scores, from which :func:`example_view` says which
+examples each method gets right that the others do not.
+
 The machinery is numpy + scipy (through ``stats``); nothing here hand-rolls a distribution.
 """
 
@@ -31,6 +36,7 @@ import numpy as np
 from scipy import stats as _sps
 
 from peftlab.evaluation.metrics import direction_of
+from peftlab.formatting import fmt_value
 
 from . import stats as st
 
@@ -40,6 +46,8 @@ from . import stats as st
 
 CONFIDENCE = 0.95
 SEEDS_ONLY = "seeds only (no per-example scores)"
+#: Prefix of the data keys of what a run kept outside its task (result.json `retention`): forgetting, retention tasks.
+RETENTION = "retention:"
 
 
 @dataclass(frozen=True)
@@ -176,6 +184,8 @@ def metric_range(metric: str, statistic: str | None, values: Iterable[float] = (
 
 ExampleScores = dict[str, dict[Any, dict[str, Any]]]  # {evaluation: {example id: {metric: value}}}
 ExampleLoader = Callable[[str], ExampleScores]
+SampleLoader = Callable[[str], list]  # run_id -> the lines of its samples.jsonl
+ConfigLoader = Callable[[str], Any]  # run_id -> its config.yaml as a mapping (None when absent)
 
 
 @dataclass(frozen=True)
@@ -290,17 +300,27 @@ class Group:
     metrics: dict[str, Stats] = field(default_factory=dict)
     costs: dict[str, Stats] = field(default_factory=dict)
     evals: dict[str, dict[str, Stats]] = field(default_factory=dict)
+    retention: dict[str, dict[str, Stats]] = field(default_factory=dict)  # "forgetting" / task -> metric -> stats
     per_seed: dict[tuple[str, str], dict[Any, float]] = field(default_factory=dict)
     directions: dict[str, str] = field(default_factory=dict)
     memory_kinds: set[str] = field(default_factory=set)
     data: dict[tuple[str, str], MetricData] = field(default_factory=dict)  # ("metric"|evaluation, name)
     examples: dict[Any, ExampleScores] = field(default_factory=dict)  # seed -> per-example scores
     degenerate: list[str] = field(default_factory=list)  # plain-words reasons (stats.degenerate_reasons)
+    config: dict[str, Any] = field(default_factory=dict)  # resolved configuration, flat (see run_config)
+    samples: dict[Any, dict[str, dict]] = field(default_factory=dict)  # seed -> {example id: samples.jsonl line}
 
     @property
     def is_base(self) -> bool:
         """The base model (no fine-tuning): deterministic, scored once."""
         return self.method == "base" or (self.method is None and self.label == "base")
+
+    @property
+    def is_fixed(self) -> bool:
+        """A model that no seed of peftlab's changes: base, or an adapter trained elsewhere and only evaluated
+        here (`peftlab evaluate DIR --task`, results with an `external` key). Its one run is deterministic and
+        pairs with every seed of the others."""
+        return self.is_base or (bool(self.runs) and all(r.get("external") for r in self.runs))
 
     @property
     def key(self) -> tuple:
@@ -361,6 +381,125 @@ def format_grid(grid: GridKey) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Configurations and errors of runs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Varies:
+    """A configuration field whose value is not the same in every run (seed) of one configuration."""
+
+    values: tuple[Any, ...]
+
+    def __str__(self) -> str:
+        return " | ".join(config_text(v) for v in self.values) + " (differs between seeds)"
+
+
+def config_text(value: Any) -> str:
+    """A configuration value as the report prints it: floats shortest (``0.0005``), lists joined, None as null."""
+    if isinstance(value, Varies):
+        return str(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(config_text(v) for v in value) + "]"
+    return fmt_value(value)
+
+
+def _flatten(out: dict[str, Any], prefix: str, value: Any) -> None:
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _flatten(out, f"{prefix}.{k}", v)
+    else:
+        out[prefix] = value
+
+
+#: config.yaml sections and keys that are not part of a configuration: the seed varies within one,
+#: the grid is spelled out by the method and train fields, the store path is where, not what.
+_CONFIG_SKIP = {"seed", "grid", "output_dir", "experiment", "method", "train"}
+
+
+def run_config(result: dict, config: Mapping | None = None) -> dict[str, Any]:
+    """The resolved configuration of one run, flat: ``{"model": ..., "method.r": 8, "train.lr": 0.0005, ...}``.
+
+    From result.json: experiment, model, method and its resolved arguments (``method.*``), task, the train
+    config (``train.*``, left out for the base model, which does not train), the decoding strategies
+    evaluated and where each data split came from (``data.<split>.*``). ``config``, the run's
+    config.yaml when the store has it, adds the task's settings (limits, max_length, args), the model's
+    loading options and the evaluation settings. The seed is left out: it is what varies between the runs
+    of one configuration.
+    """
+    out: dict[str, Any] = {"experiment": result.get("experiment"), "model": result.get("model"),
+                           "method": result.get("method")}
+    args = result.get("method_args")
+    _flatten(out, "method", args if isinstance(args, Mapping) else {})
+    out["task"] = result.get("task")
+    if isinstance(config, Mapping):
+        for section, body in config.items():
+            if section in _CONFIG_SKIP or body is None:
+                continue
+            if section == "eval" and isinstance(body, Mapping):
+                for k, v in body.items():
+                    if k == "decoding" and isinstance(v, list):
+                        for d in v:
+                            if isinstance(d, Mapping):
+                                _flatten(out, f"eval.{d.get('name')}", {k2: v2 for k2, v2 in d.items() if k2 != "name"})
+                    else:
+                        _flatten(out, f"eval.{k}", v)
+            elif isinstance(body, Mapping):
+                _flatten(out, section, {k: v for k, v in body.items() if k != "name"})
+            else:
+                out[str(section)] = body
+    if str(result.get("method")) != "base":
+        train = result.get("train")
+        _flatten(out, "train", train if isinstance(train, Mapping) else {})
+    names = [str(e.get("name")) for e in result.get("evaluations") or [] if isinstance(e, Mapping) and e.get("name")]
+    if names:
+        out["evaluations"] = names
+    for split, info in (result.get("data") or {}).items():
+        if isinstance(info, Mapping):
+            for k in ("count", "source"):  # the origin is in the report's provenance
+                if info.get(k) is not None:
+                    out[f"data.{split}.{k}"] = info[k]
+            if info.get("fingerprint"):
+                out[f"data.{split}.fingerprint"] = str(info["fingerprint"])[:12]
+    return out
+
+
+def merge_configs(configs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One configuration from the runs of a group: a field's value, or :class:`Varies` where runs differ."""
+    out: dict[str, Any] = {}
+    keys: list[str] = []
+    for c in configs:
+        keys += [k for k in c if k not in keys]
+    for k in keys:
+        values: list[Any] = []
+        for c in configs:
+            v = c.get(k)
+            if all(_freeze(v) != _freeze(x) for x in values):
+                values.append(v)
+        out[k] = values[0] if len(values) == 1 else Varies(tuple(values))
+    return out
+
+
+def error_line(error: Any) -> str:
+    """What went wrong, in one line: the exception line after the last traceback of a recorded error
+    (``RuntimeError: CUDA out of memory``), else the error's first non-empty line."""
+    if isinstance(error, Mapping):
+        error = error.get("message") or error.get("type") or str(error)
+    lines = [line.rstrip() for line in str(error or "").splitlines()]
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if starts:
+        # frames and code are indented; the first unindented line after the last traceback is the exception
+        tail = [line for line in lines[starts[-1] + 1:] if line.strip() and not line[0].isspace()]
+        if tail:
+            return tail[0]
+    return next((line.strip() for line in lines if line.strip()), "")
+
+
+# ---------------------------------------------------------------------------------------------
 # Aggregation
 # ---------------------------------------------------------------------------------------------
 
@@ -394,7 +533,8 @@ class Aggregate:
 
 
 def _run_summary(r: dict) -> dict:
-    """The few fields the failed-runs list shows."""
+    """The few fields the failed-runs list shows: ``message`` is the error's one line that says what
+    went wrong (:func:`error_line`), ``error`` the whole recorded text (traceback included)."""
     error = r.get("error")
     if isinstance(error, dict):
         error = error.get("message") or error.get("type") or str(error)
@@ -407,6 +547,7 @@ def _run_summary(r: dict) -> dict:
         "grid": format_grid(grid_key(r)),
         "seed": r.get("seed"),
         "status": r.get("status", "?"),
+        "message": error_line(error),
         "error": (str(error).strip() if error else ""),
         "started_at": r.get("started_at"),
     }
@@ -494,12 +635,12 @@ def _build_data(group: Group, key: tuple[str, str], metric: str,
             notes.append(f"{where}: seed {seed}: {stat_name} of the per-example scores is {recomputed[s]:.6g}, "
                          f"the recorded metric {recorded:.6g}; {SEEDS_ONLY}")
             return None
-    if group.is_base:
+    if group.is_fixed:
         if table.n_seeds == 1 or np.all(table.values == table.values[:1]):
             table = st.ScoreTable(table.seeds[:1], table.ids, table.values[:1], deterministic=True,
                                   dropped_ids=table.dropped_ids)
         else:
-            notes.append(f"{where}: base differs between seeds on some examples; treated as seed-dependent")
+            notes.append(f"{where}: {group.label} differs between seeds on some examples; treated as seed-dependent")
     values = table.values[..., 0].ravel()
     rng = metric_range(metric, stat_name, values if stat_name == "mean" else [v for _, _, v in per_run.values()])
     return MetricData(table, statistic, stat_name, rng, next(iter(per_run.values()))[0])
@@ -512,7 +653,7 @@ def _stats(group: Group, key: tuple[str, str], metric: str, by_seed: dict[Any, f
                         alpha=1 - CONFIDENCE, n_resamples=1000)
         return from_estimate(e)
     vals = list(by_seed.values())
-    det = group.is_base and len(vals) >= 1 and all(v == vals[0] for v in vals)
+    det = group.is_fixed and len(vals) >= 1 and all(v == vals[0] for v in vals)
     return summarize(vals, metric_range=metric_range(metric, None, vals), deterministic=det)
 
 
@@ -551,7 +692,9 @@ def _collect(group: Group, notes: list[str], loader: ExampleLoader | None = None
                 cost_vals[name][seed] = v
         if cost.get("memory_kind"):
             group.memory_kinds.add(str(cost["memory_kind"]))
-        for ev in r.get("evaluations") or []:
+        retention = [{**entry, "name": RETENTION + str(name)} for name, entry in (r.get("retention") or {}).items()
+                     if isinstance(entry, dict)]
+        for ev in [*(r.get("evaluations") or []), *retention]:
             if not isinstance(ev, dict):
                 continue
             ev_name = str(ev.get("name") or "eval")
@@ -578,7 +721,11 @@ def _collect(group: Group, notes: list[str], loader: ExampleLoader | None = None
         group.costs[name] = summarize(list(by_seed.values()))  # type: ignore[assignment]
         group.per_seed[("cost", name)] = by_seed
     for (ev_name, name), by_seed in eval_vals.items():
-        group.evals.setdefault(ev_name, {})[name] = _stats(group, (ev_name, name), name, by_seed)  # type: ignore[assignment]
+        stats = _stats(group, (ev_name, name), name, by_seed)
+        if ev_name.startswith(RETENTION):
+            group.retention.setdefault(ev_name[len(RETENTION):], {})[name] = stats  # type: ignore[assignment]
+        else:
+            group.evals.setdefault(ev_name, {})[name] = stats  # type: ignore[assignment]
 
 
 def _hashable(v: Any) -> Any:
@@ -688,25 +835,43 @@ def _primary(results: list[dict]) -> str | None:
     return None
 
 
-def aggregate(results: Iterable[dict], examples: ExampleLoader | Mapping[str, ExampleScores] | None = None
-              ) -> Aggregate:
+def _as_loader(source: Callable[[str], Any] | Mapping[str, Any] | None) -> Callable[[str], Any] | None:
+    """A callable ``run_id -> value`` from a callable or a mapping (None stays None)."""
+    if source is None or callable(source):
+        return source
+    table = dict(source)
+    return lambda run_id: table.get(run_id)
+
+
+def _load(loader: Callable[[str], Any] | None, run_id: Any, what: str, notes: list[str]) -> Any:
+    """One run's file through a loader; an unreadable one becomes a note, never an exception."""
+    if loader is None or not run_id:
+        return None
+    try:
+        return loader(str(run_id))
+    except (OSError, ValueError) as exc:
+        notes.append(f"{what} of {run_id} unreadable ({exc})")
+        return None
+
+
+def aggregate(results: Iterable[dict], examples: ExampleLoader | Mapping[str, ExampleScores] | None = None,
+              samples: SampleLoader | Mapping[str, list] | None = None,
+              configs: ConfigLoader | Mapping[str, Any] | None = None) -> Aggregate:
     """Group result dicts by configuration and compute their statistics.
 
     ``examples``: per-example scores of a run, ``run_id -> {evaluation: {id: {metric: value}}}`` (a
     callable such as ``Store.read_examples`` or a mapping); without them every interval is
-    over the per-seed values only ("seeds only").
+    over the per-seed values only ("seeds only"). ``samples``: ``run_id -> samples.jsonl lines`` (the
+    outputs the report shows side by side); ``configs``: ``run_id -> config.yaml`` (adds the task's and
+    the evaluation's settings to each configuration). Both optional, callables or mappings.
 
     Why group on model too: the same label on two base models is two different experiments,
     and averaging them as "seeds" would hide the model effect.
     """
     notes: list[str] = []
     clean: list[dict] = []
-    loader: ExampleLoader | None
-    if examples is None or callable(examples):
-        loader = examples  # type: ignore[assignment]
-    else:
-        table = dict(examples)
-        loader = lambda run_id: table.get(run_id) or {}  # noqa: E731
+    loader = _as_loader(examples)
+    sample_loader, config_loader = _as_loader(samples), _as_loader(configs)
     for i, r in enumerate(results):
         if not isinstance(r, dict):
             notes.append(f"result #{i} is not a dict; ignored")
@@ -714,6 +879,7 @@ def aggregate(results: Iterable[dict], examples: ExampleLoader | Mapping[str, Ex
         clean.append(r)
     groups: dict[tuple, Group] = {}
     ok_runs: dict[tuple, list[dict]] = defaultdict(list)
+    every_run: dict[tuple, list[dict]] = defaultdict(list)
     failures, running = [], []
     for r in clean:
         task = str(r.get("task") or "?")
@@ -722,6 +888,7 @@ def aggregate(results: Iterable[dict], examples: ExampleLoader | Mapping[str, Ex
         g = groups.setdefault(key, Group(task, model, key[2], r.get("method"), key[3]))
         status = str(r.get("status") or "?")
         g.status_counts[status] += 1
+        every_run[key].append(r)
         if status == OK:
             ok_runs[key].append(r)
         elif status == "running":
@@ -731,11 +898,16 @@ def aggregate(results: Iterable[dict], examples: ExampleLoader | Mapping[str, Ex
     for key, g in groups.items():
         g.runs = _dedupe_seeds(ok_runs.get(key, []), notes, f"{g.name} [{g.task}]")
         _collect(g, notes, loader)
+        g.config = merge_configs([run_config(r, _load(config_loader, r.get("run_id"), "config.yaml", notes))
+                                  for r in g.runs or every_run[key]])  # a configuration that only failed: its runs
     _flag_degenerate(list(groups.values()), notes)
     tasks = sorted({g.task for g in groups.values()})
     directions = {t: _task_directions([g for g in groups.values() if g.task == t], notes)
                   for t in tasks}
     primary = {t: _primary([r for r in clean if str(r.get("task") or "?") == t]) for t in tasks}
+    if sample_loader is not None:
+        for g in groups.values():
+            _attach_samples(g, primary.get(g.task), sample_loader, notes)
     ordered = _order_groups(list(groups.values()), primary, directions)
     failures.sort(key=lambda f: (f["task"], f["label"], str(f["seed"])))
     return Aggregate(ordered, failures, running, tasks, primary, directions, notes, clean)
@@ -938,16 +1110,27 @@ def comparison_size(w: Winner, v: Versus) -> str:
     return c.sample_size.replace(" x ", " × ")
 
 
-def _versus_text(w: Winner, v: Versus) -> str:
+def versus_text(w: Winner, v: Versus) -> str:
+    """'Δ = +3.1 [+0.4, +5.8], Holm p = 0.012, 3 seeds × 200 examples' (the best minus the other)."""
     c = v.comparison
     return (f"Δ = {_signed(c.difference)} {_interval(c.lo, c.hi, True)}, Holm p = {v.p_adjusted:.2g}, "
             f"{comparison_size(w, v)}")
 
 
+def value_text(stats: Stats) -> str:
+    """'89.0 [85.1, 92.3]': the mean and its interval (just the mean without one)."""
+    return _num(stats.mean) + (f" {_interval(stats.ci_low, stats.ci_high)}" if stats.ci_low is not None else "")
+
+
+def signed_text(x: float) -> str:
+    """'+3.1', '-0.25': a difference with its sign, three significant digits."""
+    return _signed(x)
+
+
 def how_sure(w: Winner) -> str:
     """A short paragraph in plain words: what is resolved for this task, what is not, what would resolve it."""
     stats = w.best.metrics[w.metric]
-    value = _num(stats.mean) + (f" {_interval(stats.ci_low, stats.ci_high)}" if stats.ci_low is not None else "")
+    value = value_text(stats)
     dir_words = {"higher": "higher is better", "lower": "lower is better"}.get(w.direction or "", "")
     parts = [f"{w.task}: {w.best.name} has the best {w.metric}{' (' + dir_words + ')' if dir_words else ''}: "
              f"{value} from {stats.sample_size}."]
@@ -958,11 +1141,11 @@ def how_sure(w: Winner) -> str:
     if resolved:
         parts.append("Resolved: " + "; ".join(
             (f"{v.verdict} than {v.other.name}" if v.verdict in ("better", "worse") else f"tied with {v.other.name}")
-            + f" ({_versus_text(w, v)})" for v in resolved) + ".")
+            + f" ({versus_text(w, v)})" for v in resolved) + ".")
     for v in open_:
         c = v.comparison
         if c.degenerate:
-            parts.append(f"Not resolved: {w.best.name} vs {v.other.name} ({_versus_text(w, v)}) cannot be judged: "
+            parts.append(f"Not resolved: {w.best.name} vs {v.other.name} ({versus_text(w, v)}) cannot be judged: "
                          + "; ".join(c.degenerate) + ".")
             continue
         if w.per_example:
@@ -972,7 +1155,7 @@ def how_sure(w: Winner) -> str:
             more = c.more_examples
             advice = (f"roughly {more} more seeds would give 80% power to confirm a difference of "
                       f"{_signed(c.difference)}" if more is not None else "")
-        text = (f"Not resolved: {w.best.name} vs {v.other.name} ({_versus_text(w, v)}); at this size only a "
+        text = (f"Not resolved: {w.best.name} vs {v.other.name} ({versus_text(w, v)}); at this size only a "
                 f"difference of about {_num(c.mde)} would be detected reliably")
         parts.append(text + (f"; {advice}." if advice else "."))
     for g in w.unpaired:
@@ -984,3 +1167,270 @@ def how_sure(w: Winner) -> str:
     for g in flagged:
         parts.append(f"Caution: {g.name} has degenerate runs ({'; '.join(g.degenerate)}).")
     return " ".join(p for p in parts if p)
+
+
+# ---------------------------------------------------------------------------------------------
+# Samples and the per-example view
+# ---------------------------------------------------------------------------------------------
+
+_SAMPLE_ID_KEYS = ("id", "task_id")
+_INPUT_KEYS = ("question", "prompt", "instruction", "input", "text", "context")
+_GOLD_KEYS = ("answers", "answer", "reference", "label", "canonical_solution")
+
+
+def _seed_order(seed: Any) -> tuple:
+    return (str(type(seed)), seed if seed is not None else 0)
+
+
+def samples_by_id(lines: Sequence[Any], ids: Sequence[Any] | None = None) -> dict[str, dict]:
+    """A run's samples.jsonl lines keyed by the example id its examples.jsonl uses (as text).
+
+    A line's own ``id`` (qa, math, instruct) or ``task_id`` (code) is its id, a repeat numbered ``#2``,
+    ``#3``... as the tasks number repeated ids; a line without one (sentiment's ``index``) takes the id at
+    its ``index`` (else its position) in ``ids``, the score set's example ids in test-record order.
+    Lines that cannot be placed are left out.
+    """
+    out: dict[str, dict] = {}
+    seen: dict[str, int] = {}
+    for pos, line in enumerate(lines):
+        if not isinstance(line, Mapping):
+            continue
+        own = next((line[k] for k in _SAMPLE_ID_KEYS if isinstance(line.get(k), (str, int))
+                    and not isinstance(line.get(k), bool) and str(line[k]) != ""), None)
+        if own is not None:
+            base = str(own)
+            seen[base] = seen.get(base, 0) + 1
+            out[base if seen[base] == 1 else f"{base}#{seen[base]}"] = dict(line)
+            continue
+        idx = line.get("index", pos)
+        if ids and isinstance(idx, int) and not isinstance(idx, bool) and 0 <= idx < len(ids):
+            out[str(ids[idx])] = dict(line)
+    return out
+
+
+def _attach_samples(g: Group, primary: str | None, loader: SampleLoader, notes: list[str]) -> None:
+    """Load each ok run's samples and key them by example id (ids from the primary metric's score set)."""
+    data = g.data.get(("metric", primary)) if primary else None
+    for r in g.runs:
+        lines = _load(loader, r.get("run_id"), "samples.jsonl", notes)
+        if not lines:
+            continue
+        seed = r.get("seed")
+        scores = g.examples.get(seed, {})
+        evaluation = data.evaluation if data is not None else next(iter(scores), None)
+        ids = list(scores.get(evaluation) or {}) if evaluation is not None else []
+        keyed = samples_by_id(list(lines), ids)
+        if keyed:
+            g.samples[seed] = keyed
+
+
+def _label_word(sample: Mapping, value: Any) -> str:
+    """A class index as its label word when the sample names the words (sentiment's ``logprob``)."""
+    words = list(sample.get("logprob") or {}) if isinstance(sample.get("logprob"), Mapping) else []
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(words):
+        return str(words[value])
+    return "unreadable" if value is None else str(value)
+
+
+def sample_input(sample: Mapping) -> str | None:
+    """The test input a sample line shows (question, prompt, ...), if it has one."""
+    for k in _INPUT_KEYS:
+        if isinstance(sample.get(k), str) and sample[k].strip():
+            return sample[k]
+    return None
+
+
+def sample_gold(sample: Mapping) -> str | None:
+    """The reference answer(s) of a sample line, as text."""
+    for k in _GOLD_KEYS:
+        if k not in sample or sample[k] is None:
+            continue
+        v = sample[k]
+        if k == "label":
+            return _label_word(sample, v)
+        if isinstance(v, list):
+            return " | ".join(str(x) for x in dict.fromkeys(str(x) for x in v))  # SQuAD repeats answers
+        return str(v)
+    return None
+
+
+def sample_output(sample: Mapping) -> tuple[str | None, int]:
+    """(the first generated output, or the predicted label, and how many outputs the line holds)."""
+    outs = sample.get("outputs")
+    if isinstance(outs, list) and outs:
+        return str(outs[0]), len(outs)
+    if "prediction" in sample:
+        return _label_word(sample, sample["prediction"]), 1
+    return None, 0
+
+
+def first_seed(g: Group) -> Any:
+    """The seed whose samples a configuration shows (the lowest)."""
+    return min(g.samples, key=_seed_order) if g.samples else None
+
+
+def _family(agg: Aggregate, task: str) -> list[Group]:
+    """Each method's best configuration on the task's primary metric, best first (as :func:`winners`)."""
+    metric = agg.primary.get(task)
+    groups = agg.groups_for(task, with_data=True)
+    if not metric:
+        return groups
+    return list(best_per_label(groups, metric, agg.direction(task, metric)).values())
+
+
+@dataclass(frozen=True)
+class SampleSet:
+    """The samples shown side by side: the same example ids for every configuration shown."""
+
+    task: str
+    configs: tuple[Group, ...]  # each method's best configuration that has samples, best first
+    ids: tuple[str, ...]  # the first k ids (in the best's test order) that every configuration has
+    missing: tuple[Group, ...]  # configurations without samples
+
+
+def sample_set(agg: Aggregate, task: str, k: int = 5) -> SampleSet | None:
+    """The first ``k`` example ids, in the leading configuration's test order, present in the samples
+    of every configuration that has samples (the same examples for every method, chosen without looking
+    at the outputs); None when no configuration of the task kept samples."""
+    family = _family(agg, task)
+    shown = [g for g in family if g.samples]
+    if not shown:
+        return None
+    order = list(shown[0].samples[first_seed(shown[0])])
+    ids = [i for i in order if all(i in g.samples[first_seed(g)] for g in shown[1:])][:k]
+    return SampleSet(task, tuple(shown), tuple(ids), tuple(g for g in family if not g.samples))
+
+
+def sample_of(g: Group, example_id: str) -> dict | None:
+    """The configuration's sample line for an example (its lowest seed that has one)."""
+    for seed in sorted(g.samples, key=_seed_order):
+        line = g.samples[seed].get(example_id)
+        if line is not None:
+            return line
+    return None
+
+
+@dataclass(frozen=True)
+class HeadToHead:
+    """The best configuration against another one, example by example (values averaged over seeds)."""
+
+    other: Group
+    shared: int  # examples both were scored on
+    best_ahead: int  # examples on which the best scores better
+    other_ahead: int  # examples on which the other one scores better
+
+    @property
+    def even(self) -> int:
+        return self.shared - self.best_ahead - self.other_ahead
+
+
+@dataclass(frozen=True)
+class ExampleView:
+    """Which test examples each method gets right that the others do not, on the primary metric.
+
+    ``values[name][id]`` holds one configuration's per-seed values of one example (what one value is:
+    ``what``); ``binary`` is the "right" value (1 or 100) when every value is either it or 0, else None.
+    """
+
+    task: str
+    metric: str
+    direction: str
+    what: str
+    configs: tuple[Group, ...]  # each method's best configuration with per-example scores, best first
+    values: dict[str, dict[str, np.ndarray]]
+    binary: float | None
+    head_to_head: tuple[HeadToHead, ...]
+    uniquely_best: dict[str, int]  # name -> examples on which it alone scores best
+    n_shared: int  # examples every configuration was scored on
+    n_disagree: int  # ... of which the configurations do not all score the same
+    disagreements: tuple[str, ...]  # a few of them: first those another method does better on (see example_view)
+
+    def mean(self, name: str, example_id: str) -> float | None:
+        v = self.values.get(name, {}).get(example_id)
+        return None if v is None else float(np.mean(v))
+
+
+def example_values(data: MetricData) -> tuple[np.ndarray, str]:
+    """Per-seed, per-example values (seeds, examples) of a metric and what one value means.
+
+    F1 / precision / recall are corpus statistics of ``[prediction, gold]``: one example's part is
+    whether it is right; perplexity and ratio metrics keep their value per example (``[nll, count]``).
+    """
+    v = data.table.values
+    name = data.statistic_name
+    if name in _FACTORIES:
+        return (v[..., 0] == v[..., 1]).astype(float), "right (prediction = gold)"
+    if name == "perplexity":
+        return np.exp(v[..., 0] / np.maximum(v[..., 1], 1e-12)), "the example's own perplexity"
+    if name == "ratio":
+        return v[..., 0] / np.where(v[..., 1] == 0, np.nan, v[..., 1]), "the example's own ratio"
+    return v[..., 0].astype(float), "the example's score"
+
+
+def binary_top(values: np.ndarray) -> float | None:
+    """The "right" value (1 or 100) when every per-example value is either it or 0 (right / wrong), else None."""
+    flat = np.asarray(values, dtype=float).ravel()
+    if not flat.size or not np.all(np.isfinite(flat)):
+        return None
+    top = float(flat.max())
+    return top if top in (1.0, 100.0) and bool(np.all((flat == 0) | (flat == top))) else None
+
+
+def example_view(agg: Aggregate, task: str, max_rows: int = 12) -> ExampleView | None:
+    """Per-example comparison of each method's best configuration with the task's best one.
+
+    Counts, for every other method, the examples on which the best scores better, worse or the same
+    (per-seed values averaged), the examples on which one method alone scores best, and lists up to
+    ``max_rows`` examples on which the methods disagree: first those on which another method does
+    better than the best (up to half the rows, more when the rest is short), then those on which the best
+    alone leads, then those it leads with others, each in test order. None without per-example scores
+    for at least two methods under one statistic.
+    """
+    metric = agg.primary.get(task)
+    if not metric:
+        return None
+    configs = [g for g in _family(agg, task) if ("metric", metric) in g.data]
+    if len(configs) < 2 or len({g.data[("metric", metric)].statistic_name for g in configs}) != 1:
+        return None
+    stat = configs[0].data[("metric", metric)].statistic_name
+    direction = "higher" if stat in _FACTORIES else (agg.direction(task, metric) or "higher")
+    sign = 1.0 if direction == "higher" else -1.0
+    values: dict[str, dict[str, np.ndarray]] = {}
+    order: list[str] = []
+    what = ""
+    for g in configs:
+        data = g.data[("metric", metric)]
+        vals, what = example_values(data)
+        ids = [str(i) for i in data.table.ids]
+        values[g.name] = {i: vals[:, k] for k, i in enumerate(ids)}
+        if g is configs[0]:
+            order = ids
+    flat = np.concatenate([v for by_id in values.values() for v in by_id.values()])
+    binary = binary_top(flat)
+    means = {name: {i: float(np.mean(v)) for i, v in by_id.items()} for name, by_id in values.items()}
+    tol = 1e-9 * max(1.0, float(np.nanmax(np.abs(flat))) if flat.size else 1.0)
+    best = configs[0]
+    heads = []
+    for g in configs[1:]:
+        shared = [i for i in means[best.name] if i in means[g.name]]
+        diff = [sign * (means[best.name][i] - means[g.name][i]) for i in shared]
+        heads.append(HeadToHead(g, len(shared), sum(d > tol for d in diff), sum(d < -tol for d in diff)))
+    common = [i for i in order if all(i in means[g.name] for g in configs)]
+    unique = {g.name: 0 for g in configs}
+    behind, alone, shared_lead, n_disagree = [], [], [], 0
+    for i in common:
+        scored = [(sign * means[g.name][i], g.name) for g in configs]
+        hi = max(s for s, _ in scored)
+        lo = min(s for s, _ in scored)
+        if hi - lo <= tol:
+            continue
+        n_disagree += 1
+        leaders = [name for s, name in scored if s >= hi - tol]
+        if len(leaders) == 1:
+            unique[leaders[0]] += 1
+        (behind if best.name not in leaders else alone if len(leaders) == 1 else shared_lead).append(i)
+    ahead = alone + shared_lead
+    take_behind = behind[: max(max_rows - len(ahead), max_rows // 2)]
+    rows = tuple(take_behind + ahead[: max_rows - len(take_behind)])
+    return ExampleView(task, metric, direction, what, tuple(configs), values, binary, tuple(heads), unique,
+                       len(common), n_disagree, rows)

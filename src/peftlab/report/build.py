@@ -16,8 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .aggregate import Aggregate, ExampleLoader, ExampleScores, Winner, aggregate, winners
+from .aggregate import Aggregate, ConfigLoader, ExampleLoader, ExampleScores, SampleLoader, Winner, aggregate, winners
+from .budget import is_trial, write_budget_plots
 from .html import findings, provenance, render_html
+from .pareto import Recommendation, recommend, recommendation_details, recommendation_headline
 from .plots import Plot, slug, write_plots
 from .tables import Table, all_tables, md_escape, to_csv, to_latex, to_markdown
 
@@ -50,13 +52,13 @@ def write_tables(tables: list[Table], out_dir: Path) -> dict[str, Path]:
     for t in tables:
         base = _table_file(t)
         out[f"tables/{base}.csv"] = _write(out_dir / "tables" / f"{base}.csv", to_csv(t))
-        if t.rows:
+        if t.rows and t.latex:
             out[f"tables/{base}.tex"] = _write(out_dir / "tables" / f"{base}.tex", to_latex(t))
     return out
 
 
 def summary_markdown(agg: Aggregate, tables: list[Table], plots: list[Plot], title: str,
-                     ws: list[Winner] | None = None) -> str:
+                     ws: list[Winner] | None = None, recs: list[Recommendation] | None = None) -> str:
     """The Markdown twin of the HTML page (minus embedded images, which it links instead)."""
     ok = sum(1 for r in agg.results if r.get("status") == "ok")
     lines = [f"# {md_escape(title)}", "",
@@ -64,6 +66,12 @@ def summary_markdown(agg: Aggregate, tables: list[Table], plots: list[Plot], tit
              f"{len(agg.running)} running) over {len(agg.tasks)} task(s). Numbers are means over seeds "
              "with 95% intervals over seeds × test examples (two-level bootstrap, clipped to the metric's range; "
              "'seeds only' where no per-example scores were kept); only `ok` runs are aggregated.", ""]
+    if recs:
+        lines += ["## What to use", ""]
+        for r in recs:
+            lines += [f"- {md_escape(recommendation_headline(r))}",
+                      *[f"  - {md_escape(d)}" for d in recommendation_details(agg, r)]]
+        lines.append("")
     fs = findings(agg, ws)
     if fs:
         lines += ["## How sure?", "", *[f"- {md_escape(s)}" for s in fs], ""]
@@ -94,11 +102,15 @@ def _provenance_md(agg: Aggregate) -> list[str]:
 
 
 def write_report(results: list[dict], out_dir: Path, title: str | None = None,
-                 examples: ExampleLoader | dict[str, ExampleScores] | None = None) -> dict[str, Path]:
+                 examples: ExampleLoader | dict[str, ExampleScores] | None = None,
+                 samples: SampleLoader | dict[str, list] | None = None,
+                 configs: ConfigLoader | dict[str, dict] | None = None) -> dict[str, Path]:
     """Aggregate ``results`` and write summary.md, tables, plots and report.html.
 
     ``examples``: per-example scores, ``run_id -> {evaluation: {id: {metric: value}}}`` (a callable or a
-    mapping); without them the intervals use the per-seed values only ("seeds only").
+    mapping); without them the intervals use the per-seed values only ("seeds only"). ``samples``:
+    ``run_id -> samples.jsonl lines`` (the outputs shown side by side); ``configs``: ``run_id ->``
+    config.yaml (the task and evaluation settings of each configuration).
 
     Returns ``{relative path: absolute path}`` for every file written, e.g.
     ``{"report.html": ..., "summary.md": ..., "tables/winners.csv": ..., "plots/....png": ...}``.
@@ -107,16 +119,19 @@ def write_report(results: list[dict], out_dir: Path, title: str | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear_stale(out_dir)
     title = title or _default_title(results)
-    agg = aggregate(results, examples)
+    tuned = list(results)  # tuning trials feed the expected-best-vs-budget curves only: they are scored on
+    results = [r for r in tuned if not is_trial(r)]  # validation and are never compared with test runs
+    agg = aggregate(results, examples, samples, configs)
     ws = winners(agg)
-    tables = all_tables(agg, ws)
+    recs = [recommend(agg, w) for w in ws]
+    tables = all_tables(agg, ws, recs)
     written = write_tables(tables, out_dir)
-    plots = write_plots(agg, out_dir / "plots")
+    plots = write_plots(agg, out_dir / "plots") + write_budget_plots(tuned, out_dir / "plots")
     for p in plots:
         written[f"plots/{p.png.name}"] = p.png
         written[f"plots/{p.svg.name}"] = p.svg
-    written["summary.md"] = _write(out_dir / "summary.md", summary_markdown(agg, tables, plots, title, ws))
-    written["report.html"] = _write(out_dir / "report.html", render_html(agg, tables, plots, title, ws))
+    written["summary.md"] = _write(out_dir / "summary.md", summary_markdown(agg, tables, plots, title, ws, recs))
+    written["report.html"] = _write(out_dir / "report.html", render_html(agg, tables, plots, title, ws, recs))
     return written
 
 
@@ -130,11 +145,13 @@ def _default_title(results: list[Any]) -> str:
 def write_report_from_store(store_root: str | Path, out_dir: str | Path, title: str | None = None,
                             **filters: Any) -> dict[str, Path]:
     """Same as :func:`write_report` but reads ``Store(store_root).results(**filters)`` and each run's
-    per-example scores (``Store.read_examples``).
+    per-example scores (``Store.read_examples``), samples (``Store.read_samples``) and config.yaml
+    (``Store.read_config``), each where the store offers it.
 
     The import is deferred so the report (and its tests) work without the store module.
     """
     from peftlab.store import Store
 
     store = Store(store_root, readonly=True)
-    return write_report(store.results(**filters), Path(out_dir), title, examples=getattr(store, "read_examples", None))
+    return write_report(store.results(**filters), Path(out_dir), title, examples=getattr(store, "read_examples", None),
+                        samples=getattr(store, "read_samples", None), configs=getattr(store, "read_config", None))

@@ -1,5 +1,10 @@
 """A single self-contained HTML page: inline CSS, base64 images, no scripts, no network.
 
+Per task: what to use (the recommendation and the best quality at each budget), how sure, the
+results table (each row links to the configuration behind it), the plots, the configurations (the
+shared fields once, then what differs per row; every field expands from its row), the per-example
+view and sample outputs side by side.
+
 Reports get mailed, archived next to papers and opened years later on air-gapped machines, so
 the page must not depend on a server, a CDN or the files next to it.
 """
@@ -14,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .aggregate import Aggregate, Winner, how_sure, winners
+from .pareto import Recommendation, recommend, recommendation_details, recommendation_headline
 from .plots import Plot
 from .tables import Cell, Table
 
@@ -55,6 +61,16 @@ tbody tr:hover td { background:#eef4fb; }
 td.best { background:var(--best) !important; font-weight:700; }
 td .note { color:var(--muted); font-size:11px; font-weight:400; margin-left:4px; }
 td.err { white-space:normal; max-width:460px; color:var(--badfg); }
+td.txt { white-space:pre-wrap; min-width:10em; max-width:34em; vertical-align:top; overflow-wrap:anywhere; }
+a { color:var(--accent); } td a { text-decoration:none; } td a:hover { text-decoration:underline; }
+tbody tr:target td { background:#fff4c2 !important; }
+details summary { cursor:pointer; color:var(--accent); font-size:11.5px; font-weight:400; }
+details pre { white-space:pre-wrap; overflow-wrap:anywhere; max-width:64em; max-height:30em; overflow:auto;
+              background:var(--soft); border:1px solid var(--line); border-radius:4px; padding:6px 8px;
+              margin:4px 0; color:var(--fg); font:11.5px/1.45 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+div.rec { background:#eef7f0; border-left:4px solid #3c8d52; padding:9px 14px; margin:8px 0 12px; }
+div.rec p { margin:0 0 4px; } div.rec ul { margin:4px 0 2px 18px; padding:0; } div.rec li { margin:3px 0; }
+p.howsure { background:var(--soft); border-left:4px solid #9fb3c8; padding:9px 14px; margin:8px 0 12px; }
 .figs { display:grid; grid-template-columns:repeat(auto-fill, minmax(480px, 1fr)); gap:16px;
         margin-top:18px; }
 figure { margin:0; background:#fff; border:1px solid var(--line); border-radius:6px; padding:10px;
@@ -92,6 +108,8 @@ def slug_id(text: str) -> str:
 
 def _cell_html(c: Cell, numeric: bool) -> str:
     body = esc(c.text) + (f" ± {esc(c.pm)}" if c.pm is not None else "")
+    if c.link:
+        body = f'<a href="#{esc(c.link)}">{body}</a>'
     if c.kind == "status":
         body = f'<span class="badge fail">{body}</span>'
     if c.kind == "verdict":
@@ -100,8 +118,11 @@ def _cell_html(c: Cell, numeric: bool) -> str:
     if c.note:
         warn = " warn" if c.kind == "degenerate" else ""
         body += f'<span class="note{warn}">({esc(c.note)})</span>'
+    if c.details:
+        label = "traceback" if c.kind == "error" else "show all"
+        body += f"<details><summary>{label}</summary><pre>{esc(c.details)}</pre></details>"
     cls = [x for x in ("num" if numeric else "", "best" if c.bold else "",
-                       "err" if c.kind == "error" else "") if x]
+                       "err" if c.kind == "error" else "", "txt" if c.kind == "text" else "") if x]
     return f'<td class="{" ".join(cls)}">{body}</td>' if cls else f"<td>{body}</td>"
 
 
@@ -109,8 +130,10 @@ def table_html(t: Table) -> str:
     """A Table as HTML; best cells get a green background as well as bold."""
     head = "".join(f'<th class="num">{esc(c.title)}</th>' if c.numeric else f"<th>{esc(c.title)}</th>"
                    for c in t.columns)
-    rows = ["<tr>" + "".join(_cell_html(c, col.numeric) for c, col in zip(row, t.columns)) + "</tr>"
-            for row in t.rows]
+    ids = t.row_ids or [""] * len(t.rows)
+    rows = [(f'<tr id="{esc(rid)}">' if rid else "<tr>")
+            + "".join(_cell_html(c, col.numeric) for c, col in zip(row, t.columns)) + "</tr>"
+            for row, rid in zip(t.rows, ids)]
     cap = f'<p class="caption">{esc(t.caption)}</p>' if t.caption else ""
     return (f'<div class="tablewrap"><table><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></div>{cap}')
@@ -134,8 +157,9 @@ def image_html(plot: Plot, dpi: int = 150) -> str:
     css_w = round(w * 96 / dpi) if w else 0
     wide = " wide" if w and h and w / h > 2.0 else ""
     style = f' style="max-width:{css_w}px"' if css_w else ""
+    size = f' width="{w}" height="{h}"' if w and h else ""  # reserves the space: no layout shift, links land right
     data = base64.b64encode(raw).decode("ascii")
-    return (f'<figure class="fig{wide}" id="fig-{slug_id(plot.name)}"><img alt="{esc(plot.title)}"{style} '
+    return (f'<figure class="fig{wide}" id="fig-{slug_id(plot.name)}"><img alt="{esc(plot.title)}"{style}{size} '
             f'src="data:image/png;base64,{data}"><figcaption><b>{esc(plot.title)}.</b> '
             f"{esc(plot.caption)}</figcaption></figure>")
 
@@ -267,15 +291,21 @@ def _stat_boxes(agg: Aggregate) -> str:
 
 
 def render_html(agg: Aggregate, tables: list[Table], plots: list[Plot], title: str,
-                ws: list[Winner] | None = None) -> str:
+                ws: list[Winner] | None = None, recs: list[Recommendation] | None = None) -> str:
     """The whole page as a string."""
     by_name = {t.name: t for t in tables}
     ws = winners(agg) if ws is None else ws
+    recs = [recommend(agg, w) for w in ws] if recs is None else recs
+    by_task = {r.winner.task: r for r in recs}
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     toc = ['<a href="#summary">Summary</a>'] + [
         f'<a href="#task-{slug_id(t)}">{esc(t)}</a>' for t in agg.tasks] + [
         '<a href="#failures">Failed runs</a>', '<a href="#provenance">Provenance</a>']
     parts = [f'<section class="card" id="summary"><h2>Summary</h2>{_stat_boxes(agg)}']
+    if recs:
+        parts.append('<h3>What to use</h3><ul class="findings">' + "".join(
+            f'<li>{esc(recommendation_headline(r))} <a href="#task-{slug_id(r.winner.task)}">why, and the cheaper '
+            "choices</a></li>" for r in recs) + "</ul>")
     fs = findings(agg, ws)
     if fs:
         parts.append('<h3>How sure?</h3><ul class="findings">' + "".join(f"<li>{esc(s)}</li>" for s in fs) + "</ul>")
@@ -287,7 +317,10 @@ def render_html(agg: Aggregate, tables: list[Table], plots: list[Plot], title: s
     parts.append("</section>")
     for task in agg.tasks:
         sure = [how_sure(w) for w in (ws if ws is not None else []) if w.task == task]
-        parts.append(_task_section(agg, task, by_name, [p for p in plots if p.task == task], sure))
+        rec = by_task.get(task)
+        parts.append(_task_section(agg, task, by_name, [p for p in plots if p.task == task], sure,
+                                   None if rec is None else (recommendation_headline(rec),
+                                                             recommendation_details(agg, rec))))
     parts.append(f'<section class="card" id="failures"><h2>Failed runs</h2>'
                  f"{_failures_html(agg, by_name.get('failed_runs'))}</section>")
     if agg.notes:
@@ -313,21 +346,45 @@ to this file in <code>tables/</code> and <code>plots/</code>.</footer>
 """
 
 
+#: A task section's parts after its results table and plots: (heading, table name prefixes, text when absent).
+_TASK_PARTS = (
+    ("Configurations", ("config_common_", "config_"), None),
+    ("Example by example", ("head_to_head_", "disagreements_"),
+     "No per-example scores for two or more methods under one statistic: nothing to compare example by example."),
+    ("Samples", ("samples_",), None),
+    ("Forgetting and retention", ("forgetting_",), None),
+)
+
+
 def _task_section(agg: Aggregate, task: str, by_name: dict[str, Table], plots: list[Plot],
-                  sure: list[str] | None = None) -> str:
+                  sure: list[str] | None = None, recommendation: tuple[str, list[str]] | None = None) -> str:
     primary = agg.primary.get(task)
     d = agg.direction(task, primary) if primary else None
     sub = (f'<p class="muted">Primary metric: <b>{esc(primary)}</b> '
            f"({esc(d or '?')} is better).</p>") if primary else ""
     out = [f'<section class="card" id="task-{slug_id(task)}"><h2>Task: {esc(task)}</h2>{sub}']
+    if recommendation:
+        headline, details = recommendation
+        out.append(f'<div class="rec"><p><b>What to use.</b> {esc(headline)}</p>'
+                   + ("<ul>" + "".join(f"<li>{esc(d)}</li>" for d in details) + "</ul>" if details else "")
+                   + "</div>")
     out += [f'<p class="howsure"><b>How sure?</b> {esc(s)}</p>' for s in (sure or [])]
-    for name in (f"task_{task}", f"decoding_{task}"):
+    for name in (f"task_{task}", f"decoding_{task}", f"best_at_budget_{task}"):
         if name in by_name:
             t = by_name[name]
-            out.append((f"<h3>{esc(t.title)}</h3>" if name.startswith("decoding") else "") + table_html(t))
+            out.append((f"<h3>{esc(t.title)}</h3>" if name != f"task_{task}" else "") + table_html(t))
     if plots:
         out.append('<div class="figs">' + "".join(image_html(p) for p in plots) + "</div>")
     else:
         out.append('<p class="muted">No plottable data for this task.</p>')
+    for heading, prefixes, absent in _TASK_PARTS:
+        found = [by_name[p + task] for p in prefixes if p + task in by_name]
+        if not found and absent is None:
+            continue
+        out.append(f'<h3 id="{slug_id(heading)}-{slug_id(task)}">{esc(heading)}</h3>')
+        out += [(f"<h4>{esc(t.title.split(' — ', 1)[-1].capitalize())}</h4>" if len(found) > 1 else "")
+                + table_html(t) for t in found]
+        if not found:
+            out.append(f'<p class="muted">{esc(absent)}</p>')
     out.append("</section>")
     return "".join(out)

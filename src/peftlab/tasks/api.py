@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
 from peftlab.config import EvalConfig
+from peftlab.evaluation.progress import EvalProgress
 
 if TYPE_CHECKING:
     from peftlab.tasks.registry import TaskSpec
@@ -39,6 +40,13 @@ class EvalContext:
     source: str = "auto"  # where the run's data comes from: auto | hub | offline (extra splits use it too)
     data_seed: int = DATA_SEED  # the seed of every subsample (paired across methods and seeds)
     log: Callable[[str], None] = field(default=lambda msg: log.info(msg))
+    progress: EvalProgress = field(default_factory=EvalProgress)  # phase(name, n) then advance(k) per batch
+
+    @property
+    def max_batch_tokens(self) -> int:
+        """Token budget of one scoring batch (rows x longest row): `eval.batch_size` rows of `max_length`,
+        so short examples share a forward pass in larger numbers than long ones."""
+        return max(1, self.eval.batch_size) * max(1, self.max_length)
 
 
 @runtime_checkable
@@ -58,3 +66,6 @@ class TaskHooks(Protocol):
     def to_messages(self, spec: "TaskSpec", record: dict, args: dict, train: bool = True) -> list[dict]: ...
 
     def evaluate(self, spec: "TaskSpec", ctx: EvalContext) -> dict: ...
+
+    # Optional: `uses_decoding(args) -> bool`, whether decoding strategies apply with these task arguments
+    # (sentiment scored by log-likelihood: no), so `peftlab evaluate --decoding` is refused before loading.

@@ -235,7 +235,7 @@ def generation_eval(spec: Any, ctx: EvalContext, prompts: list[list[int]], score
         ctx.log(f"{spec.name}: generating {len(prompts)} x {decoding.num_return_sequences} "
                 f"with {decoding.name} (max_new_tokens={decoding.max_new_tokens})")
         out = gen.generate(ctx.model, ctx.tokenizer, prompts, decoding, batch_size=ctx.eval.batch_size,
-                           device=ctx.device)
+                           device=ctx.device, progress=ctx.progress.phase(decoding.name, len(prompts)))
         scored = score(out.texts, decoding)
         metrics, per_example = scored[0], scored[1]
         entry = {"name": decoding.name, "decoding": dataclasses.asdict(decoding), "metrics": metrics,

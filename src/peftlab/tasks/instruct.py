@@ -26,10 +26,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from peftlab.evaluation import metrics as M
-from peftlab.evaluation.scoring import nll_sum
+from peftlab.evaluation.scoring import row_nll
 from peftlab.tasks.api import EvalContext
 from peftlab.tasks.chat import build_messages, render, render_prompt
 from peftlab.tasks.common import LOGLIK, example_ids, fit_text, generation_eval, link, n_tokens, prompt_overhead, score_set
@@ -79,31 +77,13 @@ def answer_nll(spec: TaskSpec, ctx: EvalContext) -> tuple[float, int]:
     return float(sum(nll)), int(sum(count))
 
 
-@torch.no_grad()
 def answer_nll_per_example(spec: TaskSpec, ctx: EvalContext) -> tuple[list[float], list[int]]:
     """NLL (nats) and count of each reference answer's labelled tokens, teacher-forced (in record order)."""
     tok = ctx.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     examples = [render(tok, to_messages(spec, r, ctx.args, train=True), ctx.max_length) for r in ctx.records]
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))  # less padding
-    nll_out, count_out = [0.0] * len(examples), [0] * len(examples)
-    bs = max(1, ctx.eval.batch_size)
-    for s in range(0, len(order), bs):
-        idx = order[s:s + bs]
-        chunk = [examples[i] for i in idx]
-        width = max(len(e["input_ids"]) for e in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        labels = torch.full((len(chunk), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, e in enumerate(chunk):
-            n = len(e["input_ids"])
-            ids[row, :n] = torch.tensor(e["input_ids"])
-            labels[row, :n] = torch.tensor(e["labels"])
-            mask[row, :n] = 1
-        nll, n_tok = nll_sum(ctx.model, ids.to(ctx.device), mask.to(ctx.device), labels.to(ctx.device))
-        for i, v, c in zip(idx, nll.double().tolist(), n_tok.tolist()):
-            nll_out[i], count_out[i] = float(v), int(c)
-    return nll_out, count_out
+    return row_nll(ctx.model, [e["input_ids"] for e in examples], [e["labels"] for e in examples], pad, ctx.device,
+                   ctx.max_batch_tokens, ctx.progress.phase("answer loss", len(examples)))
 
 
 def evaluate(spec: TaskSpec, ctx: EvalContext) -> dict:

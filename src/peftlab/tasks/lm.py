@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from peftlab.evaluation import metrics as M
+from peftlab.evaluation.progress import EvalProgress
 from peftlab.evaluation.scoring import aligned_logits
 from peftlab.tasks.api import EvalContext
 from peftlab.tasks.common import LOGLIK, example_ids, link, score_set
@@ -46,37 +47,57 @@ def _token_documents(tokenizer: Any, text: str, starts: list[int]) -> tuple[list
         return ids, docs
 
 
+def _windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, first scored position in the window) of each strided window over `n_tokens` tokens."""
+    out, prev_end = [], 0
+    for begin in range(0, n_tokens, stride):
+        end = min(begin + window, n_tokens)
+        out.append((begin, end, max((end - begin) - (end - prev_end), 1)))
+        prev_end = end
+        if end == n_tokens:
+            break
+    return out
+
+
 @torch.no_grad()
 def strided_document_nll(model: Any, tokenizer: Any, texts: list[str], window: int, stride: int,
-                         device: Any) -> tuple[list[float], list[int]]:
+                         device: Any, max_tokens: int | None = None, progress: EvalProgress | None = None
+                         ) -> tuple[list[float], list[int]]:
     """(NLL in nats, scored tokens) per text, from one strided pass over the joined texts.
 
     Same windows as `strided_perplexity`: each advances by `stride`, only tokens no earlier window
-    scored count, each with up to `window - stride` tokens of left context.
+    scored count, each with up to `window - stride` tokens of left context. Windows of equal length
+    go through the model together, `max_tokens // window` at a time (all but the last are full).
     """
     starts, pos = [], 0  # where each text's part begins: the blank line before it belongs to it
     for t in texts:
         starts.append(max(pos - len(SEPARATOR), 0))
         pos += len(t) + len(SEPARATOR)
     ids_list, docs = _token_documents(tokenizer, SEPARATOR.join(texts), starts)
-    ids = torch.tensor(ids_list, dtype=torch.long).unsqueeze(0)
-    n_tokens = ids.shape[1]
+    ids = torch.tensor(ids_list, dtype=torch.long)
     nll = [0.0] * len(texts)
     count = [0] * len(texts)
-    prev_end = 0
-    for begin in range(0, n_tokens, stride):
-        end = min(begin + window, n_tokens)
-        chunk = ids[:, begin:end].to(device)
-        first = max(chunk.shape[1] - (end - prev_end), 1)  # first scored position in the window
-        logits = aligned_logits(model, chunk, torch.ones_like(chunk)).float()
-        logp = torch.log_softmax(logits[0, first - 1:-1], dim=-1)
-        picked = logp.gather(-1, chunk[0, first:].unsqueeze(-1)).squeeze(-1)
-        for j, value in zip(range(begin + first, end), (-picked).double().tolist()):
-            nll[docs[j]] += value
-            count[docs[j]] += 1
-        prev_end = end
-        if end == n_tokens:
-            break
+    windows = _windows(len(ids_list), window, stride)
+    per_batch = max(1, (max_tokens or window) // window)
+    if progress is not None:
+        progress.phase("windows", len(windows))
+    s = 0
+    while s < len(windows):
+        group = [windows[s]]
+        while (len(group) < per_batch and s + len(group) < len(windows)
+               and windows[s + len(group)][1] - windows[s + len(group)][0] == group[0][1] - group[0][0]):
+            group.append(windows[s + len(group)])
+        chunk = torch.stack([ids[b:e] for b, e, _ in group]).to(device)
+        logits = aligned_logits(model, chunk, torch.ones_like(chunk))
+        for row, (begin, end, first) in enumerate(group):
+            logp = torch.log_softmax(logits[row, first - 1:-1].float(), dim=-1)
+            picked = logp.gather(-1, chunk[row, first:].unsqueeze(-1)).squeeze(-1)
+            for j, value in zip(range(begin + first, end), (-picked).double().tolist()):
+                nll[docs[j]] += value
+                count[docs[j]] += 1
+        if progress is not None:
+            progress.advance(len(group))
+        s += len(group)
     return nll, count
 
 
@@ -85,7 +106,8 @@ def evaluate(spec: TaskSpec, ctx: EvalContext) -> dict:
     window = ctx.args.get("window") or ctx.max_length
     stride = ctx.args.get("stride") or max(1, window // 2)
     texts = [record_text(r) for r in ctx.records]
-    nll, tokens = strided_document_nll(ctx.model, ctx.tokenizer, texts, window, stride, ctx.device)
+    nll, tokens = strided_document_nll(ctx.model, ctx.tokenizer, texts, window, stride, ctx.device,
+                                       max_tokens=ctx.max_batch_tokens, progress=ctx.progress)
     words = [len(t.split()) for t in texts]
     n_bytes = [len(t.encode("utf-8")) + (len(SEPARATOR.encode("utf-8")) if i else 0) for i, t in enumerate(texts)]
     total, scored = sum(nll), sum(tokens)

@@ -37,7 +37,8 @@ import torch
 
 from peftlab.evaluation import metrics as M
 from peftlab.evaluation.answers import extract_label
-from peftlab.evaluation.scoring import aligned_logits, choice_logprobs
+from peftlab.evaluation.progress import EvalProgress
+from peftlab.evaluation.scoring import choice_logprobs, last_token_logits, pad_rows, token_batches
 from peftlab.tasks.api import EvalContext
 from peftlab.tasks.chat import build_messages, render_prompt
 from peftlab.tasks.common import (
@@ -98,30 +99,25 @@ def in_domain_scores(golds: list[int], preds: list[int | None]) -> dict[str, tup
 
 @torch.no_grad()
 def next_token_logprobs(model: Any, prompts: list[list[int]], token_ids: list[int], pad_id: int, device: Any,
-                        batch_size: int = 8) -> torch.Tensor:
+                        max_tokens: int = 2048, progress: EvalProgress | None = None) -> torch.Tensor:
     """Log-probability of each single-token choice right after each prompt: (prompts, choices).
 
-    One forward pass per prompt (both labels are read from the same next-token distribution),
-    right-padded; `aligned_logits` drops the virtual tokens of prompt-learning methods.
+    One forward pass per prompt (both labels are read from the same next-token distribution), in
+    right-padded batches sized by a token budget; only the last position reaches the output layer
+    (`last_token_logits`, which also drops the virtual tokens of prompt-learning methods).
     """
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # less padding per batch
     out = torch.empty(len(prompts), len(token_ids))
-    for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
-        width = max(len(prompts[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids[row, :len(prompts[i])] = torch.tensor(prompts[i], dtype=torch.long)
-            mask[row, :len(prompts[i])] = 1
-        logits = aligned_logits(model, ids.to(device), mask.to(device))
-        last = torch.tensor([len(prompts[i]) - 1 for i in idx], device=logits.device)
-        picked = logits[torch.arange(len(idx), device=logits.device), last].float().log_softmax(-1)
-        out[idx] = picked[:, token_ids].cpu()
+    for idx in token_batches([len(p) for p in prompts], max_tokens):
+        batch = pad_rows([prompts[i] for i in idx], pad_id)
+        logits = last_token_logits(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        out[idx] = logits.float().log_softmax(-1)[:, token_ids].cpu()
+        if progress is not None:
+            progress.advance(len(idx))
     return out
 
 
-def loglik_predictions(spec: TaskSpec, ctx: EvalContext, records: list[dict]) -> tuple[list[int], list[list[float]], int]:
+def loglik_predictions(spec: TaskSpec, ctx: EvalContext, records: list[dict], phase: str = "test"
+                       ) -> tuple[list[int], list[list[float]], int]:
     """(predicted labels, per-label log-likelihoods, tokens scored) by comparing label words.
 
     Label words that are single tokens (the default words are, in the SmolLM2, Llama and GPT-2
@@ -134,12 +130,14 @@ def loglik_predictions(spec: TaskSpec, ctx: EvalContext, records: list[dict]) ->
     prompts = [render_prompt(tok, fitted_messages(spec, r, ctx.args, tok, ctx.max_length, reserve), ctx.max_length)
                for r in records]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    progress = ctx.progress.phase(phase, len(prompts))
     if all(len(c) == 1 for c in choices):
         scores = next_token_logprobs(ctx.model, prompts, [c[0] for c in choices], pad, ctx.device,
-                                     batch_size=ctx.eval.batch_size)
+                                     max_tokens=ctx.max_batch_tokens, progress=progress)
         tokens = sum(len(p) for p in prompts)
     else:
-        scores = choice_logprobs(ctx.model, prompts, choices, pad, ctx.device, batch_size=ctx.eval.batch_size)
+        scores = choice_logprobs(ctx.model, prompts, choices, pad, ctx.device, max_tokens=ctx.max_batch_tokens,
+                                 progress=progress)
         tokens = sum(len(p) + len(c) for p in prompts for c in choices)
     preds = scores.argmax(dim=1).tolist()
     return preds, scores.tolist(), tokens
@@ -169,6 +167,11 @@ def _in_domain_records(spec: TaskSpec, ctx: EvalContext) -> list[dict]:
     return records
 
 
+def uses_decoding(args: dict) -> bool:
+    """Whether decoding strategies apply: only `scoring: generate` generates (loglik compares label words)."""
+    return args.get("scoring", "loglik") == "generate"
+
+
 def evaluate(spec: TaskSpec, ctx: EvalContext) -> dict:
     scoring = ctx.args.get("scoring", "loglik")
     if scoring not in ("loglik", "generate"):
@@ -189,7 +192,7 @@ def evaluate(spec: TaskSpec, ctx: EvalContext) -> dict:
         score_sets = [score_set(LOGLIK, ids, classification_scores(golds, preds))]
         if in_domain:
             t0 = time.perf_counter()
-            id_preds, _, id_tokens = loglik_predictions(spec, ctx, in_domain)
+            id_preds, _, id_tokens = loglik_predictions(spec, ctx, in_domain, phase="in-domain")
             id_golds = [int(r["label"]) for r in in_domain]
             metrics["in_domain_accuracy"] = M.accuracy(id_golds, id_preds)
             score_sets.append(score_set(LOGLIK + IN_DOMAIN, example_ids(in_domain), in_domain_scores(id_golds, id_preds)))
@@ -224,7 +227,8 @@ def evaluate(spec: TaskSpec, ctx: EvalContext) -> dict:
 
         for entry, decoding in zip(result["evaluations"], decodings):
             out = gen.generate(ctx.model, ctx.tokenizer, id_prompts, decoding, batch_size=ctx.eval.batch_size,
-                               device=ctx.device)
+                               device=ctx.device, progress=ctx.progress.phase(f"in-domain {decoding.name}",
+                                                                              len(id_prompts)))
             first = [p[0] for p in _parse(out.texts, words)]
             entry["metrics"]["in_domain_accuracy"] = M.accuracy(id_golds, first)
             ss = score_set(decoding.name + IN_DOMAIN, example_ids(in_domain), in_domain_scores(id_golds, first))
