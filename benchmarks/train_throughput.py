@@ -234,15 +234,17 @@ def _quick_model_dir() -> str:
     return str(path)
 
 
-def _spawn(spec: dict, timeout: float) -> dict:
+def _spawn(spec: dict, timeout: float, script: str | Path = __file__) -> dict:
+    """Run `script --worker SPEC` in a fresh process and return the result line it prints after MARK."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    cmd = [sys.executable, str(Path(script).resolve()), "--worker", json.dumps(spec)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith(MARK):
             return json.loads(line[len(MARK):])
     tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
-    raise RuntimeError(f"worker {spec['method']}/{spec['side']} failed (exit {proc.returncode}):\n{tail}")
+    raise RuntimeError(f"worker {spec.get('task', '')}/{spec['method']}/{spec['side']} failed (exit {proc.returncode}):"
+                       f"\n{tail}")
 
 
 def _gb(n: float) -> str:

@@ -175,3 +175,15 @@ def test_training_is_deterministic_for_a_seed() -> None:
         outcome = run_steps(copy.deepcopy(model), steps=3, seed=7)
         losses.append([loss for _, loss in outcome.curves["train_loss"]])
     assert losses[0] == losses[1]
+
+
+def test_adalora_budget_update_runs_with_the_gradients():
+    """AdaLoRA's per-step callback (update_and_allocate) needs the step's gradients: it must run before
+    they are cleared (it crashed when it ran after zero_grad)."""
+    from peftlab.methods import get_method
+
+    model = adapted("adalora")
+    cfg = TrainConfig(lr=1e-2, max_steps=3, batch_size=4, warmup_steps=0, schedule="constant")
+    outcome = train(model, memorise_examples(), [], cfg, seed=0, pad_id=TOK.pad_token_id, device="cpu",
+                    on_step=get_method("adalora").on_step)
+    assert outcome.steps == 3

@@ -219,7 +219,7 @@ class TrainConfig:
     eval_batches: int = 8  # validation batches per check
     mixed_precision: str = "auto"  # auto | no | bf16 | fp16
     bucketing: bool = True
-    packing: bool = True  # causal-LM text is packed into full windows
+    packing: bool = True  # causal-LM text is packed into full windows; chat batches go padding-free when the model allows
     log_every: int = 1
     save_adapter: bool = True
     peak_tflops: float | None = None  # the peak MFU is measured against; None: known GPU table / CPU probe

@@ -411,7 +411,8 @@ def _reevaluate(ref: RunRef, decoding: str | None, limit_eval: int | None, devic
     limit = limit_eval or rc.task.limit_eval
     records, data_info = load_split(rc, spec, "test", limit)
     loaded = load_run(ref.run_dir, device=device, base=base)
-    parts = _evaluate_each(rc, spec, task_args, loaded, records, todo, allow, log)
+    precision = (ref.result.get("cost") or {}).get("mixed_precision") or "no"  # as the run was trained and scored
+    parts = _evaluate_each(rc, spec, task_args, loaded, records, todo, allow, log, precision)
     stamp = now()
     new, samples = [], {}
     for _, evaluation, elapsed in parts:
@@ -441,9 +442,11 @@ def _reevaluate(ref: RunRef, decoding: str | None, limit_eval: int | None, devic
 
 
 def _evaluate_each(rc: Any, spec: Any, task_args: dict, loaded: LoadedRun, records: list[dict], decodings: list,
-                   allow: bool, log: Callable[[str], None]) -> list[tuple[Any, dict, float]]:
+                   allow: bool, log: Callable[[str], None], precision: Any = "no") -> list[tuple[Any, dict, float]]:
     """The task's evaluation once per decoding strategy (so each strategy's outputs are kept), or once
-    without one for a task scored without generation: [(decoding or None, evaluation, seconds)]."""
+    without one for a task scored without generation: [(decoding or None, evaluation, seconds)]. Scored
+    under `precision`'s autocast (`measure.autocast_context`): the arithmetic the run was trained and scored in."""
+    from peftlab.measure import autocast_context
     from peftlab.runner import evaluate_step
 
     device = str(model_device(loaded))
@@ -452,8 +455,9 @@ def _evaluate_each(rc: Any, spec: Any, task_args: dict, loaded: LoadedRun, recor
         # the stored opt-in never carries over: only this call's (or the environment's) counts
         eval_cfg = dataclasses.replace(rc.eval, decoding=[d] if d is not None else rc.eval.decoding,
                                        allow_code_execution=bool(allow))
-        evaluation, elapsed = evaluate_step(rc, spec, loaded.model, loaded.tokenizer, records, device,
-                                            task_args=task_args, eval_cfg=eval_cfg, on_progress=_progress_lines(log))
+        with autocast_context(precision, device):
+            evaluation, elapsed = evaluate_step(rc, spec, loaded.model, loaded.tokenizer, records, device,
+                                                task_args=task_args, eval_cfg=eval_cfg, on_progress=_progress_lines(log))
         decoded = bool(evaluation.get("evaluations"))
         what = d.name if decoded else "scored without generation"
         log(f"[{i + 1}/{len(decodings) or 1}] {what}: {_metrics_text(evaluation.get('metrics') or {})} "
@@ -720,16 +724,19 @@ def _evaluate_into(db: Any, result: Any, rc: Any, spec: Any, task_args: dict, re
                    decodings: list, device: str | None, allow: bool, log: Callable[[str], None]) -> None:
     """The adapter copied into the run's `adapter/`, loaded from there, scored; `result` filled in."""
     from peftlab.evaluation.metrics import direction_of
-    from peftlab.measure import count_parameters
+    from peftlab.measure import choose_precision, count_parameters
     from peftlab.runner import check_evaluation, load_split, record_examples, vocab_size
     from peftlab.store import now
     from peftlab.tasks.common import LOGLIK
+    from peftlab.train import weights_dtype
 
     adapter = copy_adapter(ref.adapter_dir, db.run_dir(result.run_id) / "adapter", meta)
     records, data_info = load_split(rc, spec, "test", rc.task.limit_eval)
     result.data = {"test": data_info}
     loaded = load_run(adapter, device=device)
-    parts = _evaluate_each(rc, spec, task_args, loaded, records, decodings, allow, log)
+    precision = choose_precision(rc.train.mixed_precision, str(model_device(loaded)), weights_dtype(loaded.model))
+    result.cost = {**(result.cost or {}), **precision.record()}
+    parts = _evaluate_each(rc, spec, task_args, loaded, records, decodings, allow, log, precision)
     evaluation = _combine(parts)
     elapsed = sum(seconds for _, _, seconds in parts)
     stamp = now()

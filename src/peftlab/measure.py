@@ -7,7 +7,9 @@ count once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import platform
 import re
@@ -15,6 +17,7 @@ import socket
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -148,43 +151,253 @@ def training_flops(total_params: int, trainable_params: int, tokens: int, full: 
     return (4.0 * total_params + 2.0 * trainable_params) * tokens
 
 
-# Dense bf16 tensor-core peaks (FLOP/s) of common accelerators, for MFU.
-GPU_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12,
-                 "L4": 121e12, "4090": 165e12, "V100": 125e12, "T4": 65e12}
+# ------------------------------------------------------------------------------- precision
+
+#: CPU features that execute bf16 natively: AMX tiles (Sapphire Rapids and later Xeons) and the
+#: AVX-512 bf16 dot products (Cooper Lake, Zen 4 and later); `bf16` is the Arm equivalent (Graviton 3,
+#: Neoverse V1/V2). Without one of them torch emulates bf16 and a bf16 matmul is far slower than fp32.
+NATIVE_BF16_FLAGS = {"amx_bf16": "AMX", "avx512_bf16": "AVX512-BF16", "bf16": "Arm BF16"}
+
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The feature flags of this CPU (`/proc/cpuinfo`'s `flags` on x86, `Features` on Arm; empty elsewhere)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            return set(value.split())
+    return set()
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name (`/proc/cpuinfo`), else what `platform` knows."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            cpuinfo = ""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("model name", "cpu model", "hardware") and value.strip():
+            return value.strip()
+    return platform.processor() or platform.machine() or "unknown cpu"
+
+
+def cpu_bf16_support(flags: set[str] | None = None) -> tuple[bool, str]:
+    """(native bf16?, the feature that says so, or else the best vector unit the CPU has instead).
+
+    Reads the hardware twice over: the flags the kernel reports (`flags`, for tests: a given set
+    instead) and torch's own CPUID checks (`torch.cpu._is_amx_tile_supported`,
+    `_is_avx512_bf16_supported`); either one is enough.
+    """
+    read = flags is None
+    flags = cpu_flags() if read else flags
+    for flag, label in NATIVE_BF16_FLAGS.items():
+        if flag in flags:
+            return True, label
+    if read:
+        for probe, label in (("_is_amx_tile_supported", "AMX"), ("_is_avx512_bf16_supported", "AVX512-BF16")):
+            check = getattr(torch.cpu, probe, None)
+            try:
+                if callable(check) and check():
+                    return True, label
+            except RuntimeError:
+                pass
+    return False, torch.backends.cpu.get_cpu_capability()
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The arithmetic a run trains in, and why.
+
+    `mixed_precision` is what accelerate is given (`no`, `bf16`, `fp16`: autocast on top of the
+    weights' dtype); `dtype` is the dtype the matmuls run in (the autocast dtype, else the weights'),
+    the one MFU is measured against; `reason` is the sentence result.json keeps.
+    """
+
+    mixed_precision: str
+    dtype: str
+    reason: str
+
+    def record(self) -> dict[str, str]:
+        return {"precision": self.dtype, "mixed_precision": self.mixed_precision, "precision_reason": self.reason}
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return {name: dt for dt, name in DTYPE_NAMES.items()}.get(self.dtype, torch.float32)
+
+
+def choose_precision(requested: str, device: str, weights: torch.dtype = torch.float32) -> Precision:
+    """Resolve `train.mixed_precision` (`auto`, `no`, `bf16`, `fp16`) on `device` for weights in `weights`.
+
+    `auto`: bf16 autocast on a GPU that supports bf16, and on a CPU that executes bf16 natively (AMX
+    or AVX-512 bf16, `cpu_bf16_support`) once a short matmul probe (`peak_flops`, cached per
+    machine) confirms bf16 is the faster dtype there; no autocast elsewhere (fp32, the reference).
+    """
+    weights_name = dtype_name(weights)
+    if requested == "fp16" and device == "cpu":  # accelerate has no CPU fp16 autocast: it would train in fp32 silently
+        return Precision("no", weights_name, f"{weights_name}: train.mixed_precision is fp16, which has no autocast on "
+                                             f"CPU (accelerate), so the weights' dtype is used; bf16 is the CPU option")
+    if requested in AUTOCAST_DTYPES:
+        reason = f"{requested}: train.mixed_precision is {requested}"
+        if device == "cpu" and requested == "bf16":
+            native, feature = cpu_bf16_support()
+            if not native:
+                reason += f" (emulated: the CPU has no native bf16, only {feature}; expect it slower than fp32)"
+        return Precision(requested, requested, reason)
+    if requested == "no":
+        return Precision("no", weights_name, f"{weights_name}: train.mixed_precision is no (the weights' dtype)")
+    use_bf16, why = auto_bf16(device)
+    if use_bf16:
+        return Precision("bf16", "bf16", f"bf16: {why}")
+    if weights_name != "fp32":
+        why += f"; the weights are {weights_name} (model.dtype)"
+    return Precision("no", weights_name, f"{weights_name}: {why}")
+
+
+def auto_bf16(device: str) -> tuple[bool, str]:
+    """Whether `mixed_precision: auto` trains in bf16 on `device`, and the reason in words."""
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+        if torch.cuda.is_bf16_supported():
+            return True, f"the GPU supports bf16 ({name})"
+        return False, f"the GPU has no bf16 ({name})"
+    if device != "cpu":
+        return False, f"no mixed precision on device {device!r}"
+    native, feature = cpu_bf16_support()
+    if not native:
+        return False, f"the CPU has no native bf16 ({feature})"
+    bf16, fp32 = peak_flops("cpu", torch.bfloat16)[0], peak_flops("cpu", torch.float32)[0]
+    if bf16 <= fp32:
+        return False, (f"the CPU has {feature}, but a bf16 matmul measured no faster than fp32 here "
+                       f"({bf16 / 1e12:.2f} vs {fp32 / 1e12:.2f} TFLOP/s)")
+    return True, f"the CPU has {feature} (bf16 matmuls {bf16 / fp32:.1f}x fp32 here)"
+
+
+def autocast_context(precision: Precision | str, device: str) -> contextlib.AbstractContextManager:
+    """The autocast a run trained under (`Precision` or its `mixed_precision`), for evaluating it the same way."""
+    mode = precision.mixed_precision if isinstance(precision, Precision) else precision
+    if mode not in AUTOCAST_DTYPES:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda" if device == "cuda" else "cpu", dtype=AUTOCAST_DTYPES[mode])
+
+
+# --------------------------------------------------------------------------- FLOPs and MFU
+
+#: Dense peaks (FLOP/s) of common accelerators: (bf16/fp16 tensor cores, plain fp32). Datasheet
+#: figures without sparsity; TF32 matmuls (when torch allows them) run at half the bf16 figure.
+#: Longer names first, so "H100 PCIe" is not read as the SXM part.
+GPU_PEAKS = {"H100 PCIe": (756e12, 51.2e12), "H100": (989e12, 66.9e12), "H200": (989e12, 66.9e12),
+             "A100": (312e12, 19.5e12), "L40S": (362e12, 91.6e12), "A10": (125e12, 31.2e12),
+             "L4": (121e12, 30.3e12), "4090": (165e12, 82.6e12), "V100": (125e12, 15.7e12), "T4": (65e12, 8.1e12)}
+NO_BF16_GPUS = ("V100", "T4")  # fp16 tensor cores only: bf16 is emulated there
+PEAK_CACHE_FILE = "peak_flops.json"
 
 
 def peak_flops(device: str, dtype: torch.dtype, user_tflops: float | None = None) -> tuple[float, str]:
-    """The peak MFU is measured against: user's, known GPU table, or a quick CPU matmul probe."""
+    """The peak MFU is measured against, for matmuls in `dtype`: (FLOP/s, where the figure comes from).
+
+    The user's `train.peak_tflops`, else a known GPU's datasheet figure for the dtype, else the best
+    measured rate of a matmul probe in that dtype on this machine (cached per machine, torch
+    version, dtype and thread count in `<cache>/peak_flops.json`: probed once, then read).
+    """
     if user_tflops:
         return user_tflops * 1e12, "user"
+    name = dtype_name(dtype)
     if device == "cuda":
-        name = torch.cuda.get_device_name()
-        for key, value in GPU_PEAK_BF16.items():
-            if key in name:
-                factor = 0.5 if dtype == torch.float32 else 1.0  # TF32 peak is about half of bf16
-                return value * factor, f"table:{key}"
-        return 0.0, "unknown-gpu"
-    return cpu_matmul_peak(dtype), "cpu-probe"
+        gpu = torch.cuda.get_device_name()
+        for key in sorted(GPU_PEAKS, key=len, reverse=True):
+            if key in gpu and not (name == "bf16" and key in NO_BF16_GPUS):
+                tensor, fp32 = GPU_PEAKS[key]
+                if name != "fp32":
+                    return tensor, f"table:{key} {name}"
+                if torch.get_float32_matmul_precision() != "highest":  # TF32 allowed (allow_tf32 sets it too)
+                    return tensor / 2, f"table:{key} tf32"
+                return fp32, f"table:{key} fp32"
+    return cached_peak(device, dtype)
 
 
-_CPU_PEAK: dict[torch.dtype, float] = {}
+def _peak_key(device: str, dtype: torch.dtype) -> str:
+    where = torch.cuda.get_device_name() if device == "cuda" else f"{cpu_model()}|{torch.get_num_threads()} threads"
+    return f"{device}|{where}|torch {torch.__version__}|{dtype_name(dtype)}"
 
 
-def cpu_matmul_peak(dtype: torch.dtype, n: int = 1024, seconds: float = 0.3) -> float:
-    """Best observed FLOP/s of an n×n matmul on this CPU, cached per process."""
-    if dtype in _CPU_PEAK:
-        return _CPU_PEAK[dtype]
-    a = torch.randn(n, n, dtype=dtype)
-    b = torch.randn(n, n, dtype=dtype)
-    torch.mm(a, b)
-    best = 0.0
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
+_PROBED: dict[str, float] = {}
+
+
+def cached_peak(device: str, dtype: torch.dtype) -> tuple[float, str]:
+    """The best matmul rate in `dtype` ever measured on this machine (same torch and thread count).
+
+    Each process probes once per dtype (`matmul_peak`, about 0.3 s) and keeps the maximum of that
+    and every earlier probe in `<cache>/peak_flops.json`: a probe slowed by other load never lowers
+    the peak, so MFU is not inflated by a busy moment.
+    """
+    from peftlab.files import atomic_write_text
+    from peftlab.paths import cache_dir
+
+    key = _peak_key(device, dtype)
+    path = cache_dir() / PEAK_CACHE_FILE
+    try:
+        known = json.loads(path.read_text())
+        known = known if isinstance(known, dict) else {}
+    except (OSError, ValueError):
+        known = {}
+    entry = known.get(key)
+    stored = float(entry["flops"]) if isinstance(entry, dict) and isinstance(entry.get("flops"), (int, float)) else 0.0
+    if key not in _PROBED:
+        _PROBED[key] = matmul_peak(device, dtype)
+        if _PROBED[key] > stored:
+            known[key] = {"flops": _PROBED[key], "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            try:
+                atomic_write_text(path, json.dumps(known, indent=1, sort_keys=True))
+            except OSError:
+                pass  # a read-only cache only means this process's own probe is used
+    best = max(stored, _PROBED[key])
+    return best, f"probe:{dtype_name(dtype)}" + (" (cached best)" if stored >= _PROBED[key] else "")
+
+
+def matmul_peak(device: str, dtype: torch.dtype, seconds: float = 0.3) -> float:
+    """Best observed FLOP/s of a square matmul in `dtype` on `device` over about `seconds`.
+
+    n = 8192 on a GPU, 1024 on a CPU, 256 for a dtype the CPU only emulates (bf16 without AMX or
+    AVX-512 bf16: seconds per 1024-product); at least two timed products whatever the budget.
+    """
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    n = 8192 if device == "cuda" else 1024
+    if device == "cpu" and dtype != torch.float32 and not cpu_bf16_support()[0]:
+        n = 256
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    torch.mm(a, b)  # warm-up: kernel selection, first touch of the output
+    sync()
+    best, timed, end = 0.0, 0, time.perf_counter() + seconds
+    while timed < 2 or time.perf_counter() < end:
         t0 = time.perf_counter()
         torch.mm(a, b)
-        best = max(best, 2 * n**3 / (time.perf_counter() - t0))
-    _CPU_PEAK[dtype] = best
+        sync()
+        best = max(best, 2 * n**3 / max(time.perf_counter() - t0, 1e-9))
+        timed += 1
     return best
+
+
+def training_cost(total_params: int, trainable_params: int, tokens: int, seconds: float, full: bool,
+                  device: str, dtype: torch.dtype, user_tflops: float | None = None) -> dict[str, Any]:
+    """FLOPs, the peak for the dtype the matmuls ran in, and MFU: the cost fields of a trained run."""
+    flops = training_flops(total_params, trainable_params, tokens, full)
+    peak, source = peak_flops(device, dtype, user_tflops)
+    return {"train_flops": flops, "peak_flops": peak, "peak_flops_source": source, "peak_flops_dtype": dtype_name(dtype),
+            "mfu": flops / seconds / peak if peak and seconds > 0 else None}
 
 
 # --------------------------------------------------------------------------------- provenance

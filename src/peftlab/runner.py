@@ -29,16 +29,16 @@ from peftlab.config import EvalConfig, RunConfig, TaskConfig
 from peftlab.data.batching import make_batches
 from peftlab.evaluation.metrics import direction_of
 from peftlab.evaluation.progress import EvalProgress, ProgressCallback
-from peftlab.measure import count_parameters, peak_flops, provenance, training_flops
+from peftlab.measure import autocast_context, choose_precision, count_parameters, provenance, training_cost
 from peftlab.methods import ApplyContext, get_method
-from peftlab.models import default_device, load_model, load_tokenizer, resolve_path, torch_dtype
+from peftlab.models import default_device, load_model, load_tokenizer, resolve_path
 from peftlab.result import EXAMPLES_FILE, RunResult
 from peftlab.status import RunStatus
 from peftlab.store import RunLock, Store, StoreError, now
 from peftlab.tasks import get_task
 from peftlab.tasks.api import DATA_SEED, EvalContext
 from peftlab.tasks.examples import training_examples
-from peftlab.train import Diverged, train
+from peftlab.train import Diverged, train, weights_dtype
 
 log = logging.getLogger("peftlab")
 #: Metrics that are token-level perplexities: a uniform guess over V output tokens scores exactly V.
@@ -188,25 +188,27 @@ def _execute(rc: RunConfig, store: Store, result: RunResult, progress: Any, cach
     if method.trains:
         outcome = _train(rc, spec, task_args, method, model, tokenizer, train_records, val_records, device, progress,
                          store.run_dir(result.run_id))
-        flops = training_flops(params["total_params"], params["trainable_params"], outcome.tokens,
-                               full=method.full)
-        peak, peak_source = peak_flops(device, torch_dtype(rc.model.dtype, device), rc.train.peak_tflops)
+        precision = outcome.precision
         cost.update(
             train_time_s=outcome.train_time_s, epoch_times_s=outcome.epoch_times_s, steps=outcome.steps,
             tokens_trained=outcome.tokens, tokens_per_s=outcome.tokens / max(outcome.train_time_s, 1e-9),
-            validation_time_s=outcome.val_time_s, train_flops=flops, peak_flops=peak, peak_flops_source=peak_source,
-            mfu=(flops / outcome.train_time_s / peak) if peak and outcome.train_time_s else None,
-            memory_breakdown=outcome.memory_breakdown, **outcome.memory,
+            validation_time_s=outcome.val_time_s,
+            **training_cost(params["total_params"], params["trainable_params"], outcome.tokens, outcome.train_time_s,
+                            method.full, device, precision.torch_dtype, rc.train.peak_tflops),
+            **outcome.record(), memory_breakdown=outcome.memory_breakdown, **outcome.memory,
         )
         result.curves = outcome.curves
     else:
-        cost.update(train_time_s=0.0, epoch_times_s=[], steps=0, tokens_trained=0, tokens_per_s=None)
+        precision = choose_precision(rc.train.mixed_precision, device, weights_dtype(model))
+        cost.update(train_time_s=0.0, epoch_times_s=[], steps=0, tokens_trained=0, tokens_per_s=None,
+                    **precision.record())
     cost["adapter_bytes"] = _save(rc, method.name, method_args, model, store.run_dir(result.run_id))
     result.cost = cost
     store.write_result(result)  # training is safe on disk before evaluation starts
 
-    evaluation, eval_time = evaluate_step(rc, spec, model, tokenizer, eval_records, device, method=method.name,
-                                          task_args=task_args)
+    with autocast_context(precision, device):  # every row of a comparison is scored in the arithmetic it trained in
+        evaluation, eval_time = evaluate_step(rc, spec, model, tokenizer, eval_records, device, method=method.name,
+                                              task_args=task_args, on_progress=eval_progress)
     cost.update(eval_time_s=eval_time, eval_examples=evaluation.get("examples"),
                 eval_s_per_example=eval_time / max(evaluation.get("examples") or 1, 1),
                 eval_tokens_per_s=(evaluation["eval_tokens"] / eval_time) if evaluation.get("eval_tokens") else None)
@@ -216,8 +218,9 @@ def _execute(rc: RunConfig, store: Store, result: RunResult, progress: Any, cach
     result.metric_directions = {k: d for k in evaluation["metrics"] if (d := direction_of(k, spec.metrics))}
     if evaluation.get("samples"):
         _write_samples(store.run_dir(result.run_id), evaluation["samples"])
-    retention, retention_scores, retention_time = (retention_step(rc, model, tokenizer, device, eval_progress)
-                                                   if rc.trial is None else ({}, [], 0.0))  # trials: test unread
+    with autocast_context(precision, device):
+        retention, retention_scores, retention_time = (retention_step(rc, model, tokenizer, device, eval_progress)
+                                                       if rc.trial is None else ({}, [], 0.0))  # trials: test unread
     if retention:
         result.retention = retention
         cost["retention_time_s"] = retention_time

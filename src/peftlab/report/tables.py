@@ -281,6 +281,7 @@ COST_COLUMNS: list[tuple[str, str, Any, bool]] = [
     ("adapter_bytes", "Adapter size", human_bytes, True),
     ("train_time_s", "Train time", human_duration, True),
     ("tokens_per_s", "Tokens/s", human_rate, False),
+    ("mfu", "MFU", lambda v: human_pct(None if v is None else 100 * v), False),
     ("peak_memory_bytes", "Peak memory", human_bytes, False),
 ]
 
