@@ -1,7 +1,7 @@
 # The two commands a newcomer needs (see README):
-#   make demo   set up a virtual environment and run the demo comparison + report (offline; 3 min install + 14.6 min
-#               on a 2-core AMD EPYC, about 10 min on a 2-core Xeon with AMX)
-#   make test   set up the same environment and run the default test suite (6.5 min on the same EPYC, install included)
+#   make demo   set up a virtual environment and run the demo comparison + report (offline; 3.5 min install + 10-11 min
+#               on a 2-core AMD EPYC in fp32: data 50 s, sweep 8:41-9:55 as the machine's speed varies)
+#   make test   set up the same environment and run the default test suite (8.4 min on the same EPYC, install included)
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import shutil
 import statistics
 import sys
@@ -174,7 +175,7 @@ def worker(spec: dict) -> dict:
                     f"{held}"}
         out["checks"]["bf16"] = {"ok": outcome.precision.dtype == "bf16", "note": outcome.precision.reason}
     losses = [loss for _, loss in outcome.curves["train_loss"]]
-    out["checks"]["finite loss"] = {"ok": all(l == l and abs(l) < float("inf") for l in losses),
+    out["checks"]["finite loss"] = {"ok": all(math.isfinite(x) for x in losses),
                                     "note": f"{losses[0]:.3f} -> {losses[-1]:.3f}"}
 
     with tempfile.TemporaryDirectory(prefix="gpu-check-run-") as tmp:

@@ -20,8 +20,7 @@ from conftest import build_model, build_tokenizer
 from peftlab.config import TrainConfig
 from peftlab.data.batching import collate, pack_texts
 from peftlab.tasks.chat import build_messages, render
-from peftlab.train import (choose_layout, forward_loss, pack_batch, pack_rows, packed_collate, per_example_losses,
-                           train)
+from peftlab.train import choose_layout, forward_loss, pack_batch, pack_rows, packed_collate, per_example_losses, train
 
 QUESTIONS = ["the quick brown fox", "a movie that is good and fun to watch ? yes",
              "what is the capital of france ? paris", "def add(a, b):\n    return a + b",
