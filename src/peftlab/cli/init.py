@@ -400,6 +400,14 @@ def _names(text: str, flag: str) -> list[str]:
     return names
 
 
+def _lookup(names: list[str], get: Any, flag: str) -> list[Any]:
+    """Each name through its registry's `get` (get_task, get_method); an unknown one is the flag's error."""
+    try:
+        return [get(name) for name in names]
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     """`peftlab init --task T --methods A,B [--model M] [-o FILE] [--force]`."""
     from peftlab.methods import get_method
@@ -415,18 +423,8 @@ def cmd_init(args: argparse.Namespace) -> int:
             raise ConfigError(f"-o {args.out}: already exists; add --force to overwrite it, or give another -o")
         check_dir(out.parent if str(out.parent) else Path("."), "-o")
     name = check_name(args.name if args.name is not None else ("experiment" if to_stdout else out.stem), "--name")
-    tasks = []
-    for task in _names(args.task, "--task"):
-        try:
-            tasks.append(get_task(task))
-        except ValueError as exc:
-            raise ConfigError(f"--task: {exc}") from None
-    methods = []
-    for method in _names(args.methods, "--methods"):
-        try:
-            methods.append(get_method(method))
-        except ValueError as exc:
-            raise ConfigError(f"--methods: {exc}") from None
+    tasks = _lookup(_names(args.task, "--task"), get_task, "--task")
+    methods = _lookup(_names(args.methods, "--methods"), get_method, "--methods")
     model = args.model or DEFAULT_MODEL
     try:
         check_model_name(model)

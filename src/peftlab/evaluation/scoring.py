@@ -91,6 +91,20 @@ def mean_loss(model: Any, batches: list[dict[str, torch.Tensor]], device: Any) -
     return total / max(count, 1)
 
 
+def strided_windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, first scored position in the window) of each strided window over `n_tokens` tokens: each
+    advances by `stride` and scores only the tokens no earlier window scored (position 0 never: it has no
+    context within the window)."""
+    out, prev_end = [], 0
+    for begin in range(0, n_tokens, stride):
+        end = min(begin + window, n_tokens)
+        out.append((begin, end, max((end - begin) - (end - prev_end), 1)))
+        prev_end = end
+        if end == n_tokens:
+            break
+    return out
+
+
 @torch.no_grad()
 def strided_perplexity(model: Any, tokenizer: Any, texts: list[str], window: int, stride: int,
                        device: Any) -> dict[str, float]:
@@ -103,19 +117,14 @@ def strided_perplexity(model: Any, tokenizer: Any, texts: list[str], window: int
     """
     text = "\n\n".join(texts)
     ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"]).unsqueeze(0)
-    n_tokens = ids.shape[1]
-    total_nll, scored, prev_end = 0.0, 0, 0
-    for begin in range(0, n_tokens, stride):
-        end = min(begin + window, n_tokens)
+    total_nll, scored = 0.0, 0
+    for begin, end, first in strided_windows(ids.shape[1], window, stride):
         chunk = ids[:, begin:end].to(device)
         labels = chunk.clone()
-        labels[:, : chunk.shape[1] - (end - prev_end)] = -100
+        labels[:, :first] = -100
         nll, count = nll_sum(model, chunk, torch.ones_like(chunk), labels)
         total_nll += float(nll.sum())
         scored += int(count.sum())
-        prev_end = end
-        if end == n_tokens:
-            break
     words = len(text.split())
     n_bytes = len(text.encode("utf-8"))
     return {

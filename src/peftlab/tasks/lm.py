@@ -17,7 +17,7 @@ import torch
 
 from peftlab.evaluation import metrics as M
 from peftlab.evaluation.progress import EvalProgress
-from peftlab.evaluation.scoring import aligned_logits
+from peftlab.evaluation.scoring import aligned_logits, strided_windows
 from peftlab.tasks.api import EvalContext
 from peftlab.tasks.common import LOGLIK, example_ids, link, score_set
 from peftlab.tasks.registry import TaskSpec
@@ -47,18 +47,6 @@ def _token_documents(tokenizer: Any, text: str, starts: list[int]) -> tuple[list
         return ids, docs
 
 
-def _windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int]]:
-    """(begin, end, first scored position in the window) of each strided window over `n_tokens` tokens."""
-    out, prev_end = [], 0
-    for begin in range(0, n_tokens, stride):
-        end = min(begin + window, n_tokens)
-        out.append((begin, end, max((end - begin) - (end - prev_end), 1)))
-        prev_end = end
-        if end == n_tokens:
-            break
-    return out
-
-
 @torch.no_grad()
 def strided_document_nll(model: Any, tokenizer: Any, texts: list[str], window: int, stride: int,
                          device: Any, max_tokens: int | None = None, progress: EvalProgress | None = None
@@ -77,7 +65,7 @@ def strided_document_nll(model: Any, tokenizer: Any, texts: list[str], window: i
     ids = torch.tensor(ids_list, dtype=torch.long)
     nll = [0.0] * len(texts)
     count = [0] * len(texts)
-    windows = _windows(len(ids_list), window, stride)
+    windows = strided_windows(len(ids_list), window, stride)
     per_batch = max(1, (max_tokens or window) // window)
     if progress is not None:
         progress.phase("windows", len(windows))
