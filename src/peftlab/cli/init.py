@@ -92,6 +92,9 @@ ARG_HELP: dict[str, str] = {
     "prompt_tuning_init": "how the soft prompt starts: RANDOM, TEXT (the embeddings of prompt_tuning_init_text) or "
                           "SAMPLE_VOCAB (embeddings of random vocabulary tokens)",
     "prompt_tuning_init_text": "the text whose embeddings start the prompt when prompt_tuning_init is TEXT",
+    "prefix_init": "how the prefixes start: RANDOM, or TEXT (the base model's own keys and values for the first "
+                   "tokens of prefix_init_text, Li & Liang's initialisation from real words)",
+    "prefix_init_text": "the text whose keys and values start the prefixes when prefix_init is TEXT",
     "prefix_projection": "reparameterise the prefixes through a two-layer MLP while training",
     "encoder_hidden_size": "hidden size of that MLP (null: the model's hidden size)",
     "feedforward_modules": "which target modules are feed-forward layers (their input is scaled, not their output)",

@@ -21,10 +21,44 @@ def _apply_prompt(model: nn.Module, args: dict, ctx: ApplyContext) -> nn.Module:
 
 
 def _apply_prefix(model: nn.Module, args: dict, ctx: ApplyContext) -> nn.Module:
-    from peft import PrefixTuningConfig, get_peft_model
+    from peft import PrefixTuningConfig, get_peft_model, initialize_kv_prefix_from_text
 
     args = {k: v for k, v in args.items() if v is not None}
-    return get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM", **args))
+    init = str(args.pop("prefix_init", "RANDOM")).upper()
+    text = args.pop("prefix_init_text", None)
+    adapted = get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM", **args))
+    if init == "TEXT":
+        # The prefixes start as the base model's own keys and values for the first tokens of a real
+        # text (Li & Liang 2021, §5: "initialize with activations of real words"), so every layer's
+        # prefix has the scale that layer's attention expects. A random N(0, 1) prefix does not:
+        # its keys and values are far larger than real ones (the first loss sits above ln|V|).
+        initialize_kv_prefix_from_text(adapted, ctx.tokenizer, text=_repeat_to_tokens(text, ctx.tokenizer,
+                                                                                         args["num_virtual_tokens"]),
+                                       use_chat_template=False)
+    return adapted
+
+
+def _repeat_to_tokens(text: str, tokenizer: object, n: int) -> str:
+    """`text` repeated until it tokenises to at least `n` tokens (a short instruction still fills every prefix)."""
+    out = text
+    while len(tokenizer(out)["input_ids"]) < n:  # type: ignore[operator]
+        out = f"{out} {text}"
+    return out
+
+
+def _check_prefix_init(args: dict) -> dict:
+    """Prefix initialisation from text needs the text, and a prefix that is its own parameter."""
+    text = args.get("prefix_init_text")
+    if text is not None and not isinstance(text, str):
+        raise ValueError(f"method 'prefix': prefix_init_text must be a string, got {text!r}")
+    if args.get("prefix_init") == "TEXT":
+        if not (text or "").strip():
+            raise ValueError("method 'prefix': prefix_init TEXT needs prefix_init_text (the text whose keys and "
+                             "values start the prefixes)")
+        if args.get("prefix_projection"):
+            raise ValueError("method 'prefix': prefix_init TEXT needs prefix_projection false (with the MLP "
+                             "reparameterisation the prefixes are not parameters a cache can be copied into)")
+    return args
 
 
 def _check_text_init(args: dict) -> dict:
@@ -49,9 +83,12 @@ register(Method(
 ))
 register(Method(
     name="prefix", family="prompt", description="Trainable key/value prefixes in every attention layer",
-    defaults={"num_virtual_tokens": 10, "prefix_projection": False, "encoder_hidden_size": None},
+    defaults={"num_virtual_tokens": 10, "prefix_projection": False, "encoder_hidden_size": None,
+              "prefix_init": "RANDOM", "prefix_init_text": None},
     apply=_apply_prefix, merge="virtual",
     merge_why="no: prefix tuning's key/value prefixes live in the attention cache, not in any weight (exported instead)",
     checks={"num_virtual_tokens": integer(1, MAX_VIRTUAL_TOKENS), "prefix_projection": boolean(),
-            "encoder_hidden_size": optional(integer(1, 1 << 20))},
+            "encoder_hidden_size": optional(integer(1, 1 << 20)),
+            "prefix_init": choice("RANDOM", "TEXT", upper=True)},
+    validate=_check_prefix_init,
 ))
