@@ -212,6 +212,13 @@ def stop_strings(loaded: LoadedRun, chat: bool) -> list[str]:
 
 
 def prompt_ids(loaded: LoadedRun, messages: list[dict], chat: bool, max_length: int = 2048) -> list[int]:
+    """The prompt's token ids; an encoder-decoder model's encoder reads the plain prompt (no template, no earlier
+    answers: `chat.prompt_text`)."""
+    from peftlab.models import ModelArchitecture
+    from peftlab.tasks.chat import render_prompt
+
+    if ModelArchitecture.of(loaded.model).encoder_decoder:
+        return render_prompt(loaded.tokenizer, messages, max_length, encoder_decoder=True)
     text = render_chat(loaded.tokenizer, messages) if chat else messages[-1]["content"]
     ids = loaded.tokenizer(text, add_special_tokens=not chat)["input_ids"]
     return ids[-max_length:]

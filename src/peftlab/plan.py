@@ -2,6 +2,9 @@
 checked, and — for a sweep — each run's state read from the run store.
 
 * `expand` / `validate`: every run, with every check that needs no model.
+* `architecture_problem`: whether a run's method and tasks apply to its model's architecture (an
+  encoder-decoder model refuses causal-only methods and tasks), from the model's config alone;
+  `validate` asks it where the config is at hand and the runner asks again before loading weights.
 * `make_plan`: the sweep's plan (`SweepPlan`): each run's state in the store (`PlanState`) and
   whether it runs (resume rules below), the sweep's id and an estimate from earlier runs.
 * `executor_options` / `check_trackers`: the experiment's `executor:` mapping and trackers,
@@ -49,7 +52,7 @@ import hashlib
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from peftlab.config import (
     Axis,
@@ -62,6 +65,9 @@ from peftlab.config import (
     parse_axis,
 )
 from peftlab.status import PlanState, RunStatus
+
+if TYPE_CHECKING:
+    from peftlab.models import ModelArchitecture
 
 
 def _applies(key: str, method: MethodConfig, trains: bool, labels: list[str]) -> bool:
@@ -173,6 +179,8 @@ def validate(exp: ExperimentConfig) -> list[RunConfig]:
             raise ConfigError(_method_error(m, exc, "methods")) from None
     runs = expand(exp)
     dims = _model_dims(exp)
+    architecture = _local_architecture(exp)
+    seen_pairs: set[tuple[str, str]] = set()
     seen_methods: set[str] = set()
     seen_tasks: set[str] = set()
     seen_train: set[str] = set()
@@ -186,6 +194,12 @@ def validate(exp: ExperimentConfig) -> list[RunConfig]:
             except ValueError as exc:
                 raise ConfigError(_method_error(rc.method, exc, where)) from None
             _check_rank(rc.method, args, dims, exp.model.name, where)
+        pair = (rc.method.label, rc.task.name)
+        if architecture is not None and pair not in seen_pairs:
+            seen_pairs.add(pair)
+            problem = architecture_problem(architecture, rc)
+            if problem:
+                raise ConfigError(problem)
         key = repr(rc.task)
         if key not in seen_tasks:
             seen_tasks.add(key)
@@ -306,6 +320,40 @@ def _model_dims(exp: ExperimentConfig) -> dict | None:
     except ModelResolutionError as exc:
         raise ConfigError(f"model: {exc}") from None
     return model_dims(exp.model.name, exp.model.revision)
+
+
+def _local_architecture(exp: ExperimentConfig) -> ModelArchitecture | None:
+    """The model's architecture where its config.json is at hand here (None: it is read before the run loads it)."""
+    from peftlab.models import local_architecture
+
+    return local_architecture(exp.model.name, exp.model.revision)
+
+
+def architecture_problem(architecture: ModelArchitecture, rc: RunConfig) -> str | None:
+    """Why the run's method, task or a retention task cannot run on its model (None: they all can), in one
+    sentence naming the method, the model and why; only an encoder-decoder model refuses anything.
+
+    Causal-only methods say so in `Method.causal_only` (the lora+prompt hybrid), causal-only tasks in
+    `TaskSpec.causal_only` (`lm`: perplexity; a `kind: lm` task such as code cannot train one). Held-out
+    general text for forgetting (`eval.forgetting_texts`) is skipped with its reason instead (`runner`)."""
+    from peftlab.methods import get_method
+    from peftlab.tasks import get_task
+
+    if not architecture.encoder_decoder:
+        return None
+    method = get_method(rc.method.method)
+    who = f"method {rc.method.label!r}" + ("" if rc.method.label == method.name else f" ({method.name})")
+    model = f"{rc.model.name!r} (an encoder-decoder {architecture.model_type or 'model'})"
+    problem = method.encoder_decoder_problem(rc.method.args)
+    if problem:
+        return f"{who} cannot adapt {model} because {problem}"
+    tasks = [(rc.task.name, method.trains, "task")] + [(name, False, "retention task") for name in rc.eval.retention_tasks]
+    for name, trains, role in tasks:
+        reason = get_task(name).causal_only(trains)
+        if reason:
+            using = f" with {who}" if trains else ""
+            return f"{role} {name!r}{using} cannot run on {model} because {reason}"
+    return None
 
 
 def _check_rank(method: MethodConfig, args: dict, dims: dict | None, model: str, where: str) -> None:

@@ -25,13 +25,22 @@ from typing import Any, Callable
 import torch
 
 from peftlab.adapters import save_adapter
-from peftlab.config import EvalConfig, RunConfig, TaskConfig
+from peftlab.config import ConfigError, EvalConfig, RunConfig, TaskConfig
 from peftlab.data.batching import make_batches
 from peftlab.evaluation.metrics import direction_of
 from peftlab.evaluation.progress import EvalProgress, ProgressCallback
 from peftlab.measure import autocast_context, choose_precision, count_parameters, provenance, training_cost
 from peftlab.methods import ApplyContext, get_method
-from peftlab.models import default_device, load_model, load_tokenizer, resolve_path
+from peftlab.methods.registry import check_task_type
+from peftlab.models import (
+    ModelArchitecture,
+    default_device,
+    load_model,
+    load_tokenizer,
+    model_architecture,
+    resolve_path,
+)
+from peftlab.plan import architecture_problem
 from peftlab.result import EXAMPLES_FILE, RunResult
 from peftlab.status import RunStatus
 from peftlab.store import RunLock, Store, StoreError, now
@@ -166,14 +175,19 @@ def _execute(rc: RunConfig, store: Store, result: RunResult, progress: Any, cach
     device = default_device()
     _seed_everything(rc.seed, rc.train.num_threads)
 
+    # The model's config (never its weights) says what it is; a method or task that cannot run on it stops here.
+    architecture = model_architecture(rc.model.name, rc.model.revision, rc.model.trust_remote_code, rc.model.gguf_file)
+    problem = architecture_problem(architecture, rc)
+    if problem:
+        raise ConfigError(problem)
     tokenizer = load_tokenizer(rc.model.name, rc.model.revision, rc.model.trust_remote_code)
     key = (rc.model.name, rc.model.dtype, rc.model.revision, method.quantize_base, device)
     loader = lambda: load_model(rc.model.name, rc.model.dtype, method.quantize_base, device,  # noqa: E731
                                 rc.model.revision, rc.model.trust_remote_code, rc.model.gguf_file)
     base = cache.get(key, loader) if cache and not method.quantize_base else loader()
     ctx = ApplyContext(tokenizer=tokenizer, model_name=rc.model.name, model_path=resolve_path(rc.model.name)[0],
-                       seed=rc.seed)
-    model = method.apply(base, method_args, ctx)
+                       seed=rc.seed, architecture=architecture)
+    model = check_task_type(method.name, method.apply(base, method_args, ctx), ctx)
     params = count_parameters(model)
     log.info("run %s: %s on %s, %d trainable of %d (%.4f%%)", result.run_id, method.name, rc.task.name,
              params["trainable_params"], params["total_params"], params["trainable_pct"])
@@ -187,7 +201,7 @@ def _execute(rc: RunConfig, store: Store, result: RunResult, progress: Any, cach
     cost: dict[str, Any] = dict(params)
     if method.trains:
         outcome = _train(rc, spec, task_args, method, model, tokenizer, train_records, val_records, device, progress,
-                         store.run_dir(result.run_id))
+                         store.run_dir(result.run_id), architecture)
         precision = outcome.precision
         cost.update(
             train_time_s=outcome.train_time_s, epoch_times_s=outcome.epoch_times_s, steps=outcome.steps,
@@ -208,7 +222,8 @@ def _execute(rc: RunConfig, store: Store, result: RunResult, progress: Any, cach
 
     with autocast_context(precision, device):  # every row of a comparison is scored in the arithmetic it trained in
         evaluation, eval_time = evaluate_step(rc, spec, model, tokenizer, eval_records, device, method=method.name,
-                                              task_args=task_args, on_progress=eval_progress)
+                                              task_args=task_args, on_progress=eval_progress,
+                                              architecture=architecture)
     cost.update(eval_time_s=eval_time, eval_examples=evaluation.get("examples"),
                 eval_s_per_example=eval_time / max(evaluation.get("examples") or 1, 1),
                 eval_tokens_per_s=(evaluation["eval_tokens"] / eval_time) if evaluation.get("eval_tokens") else None)
@@ -219,7 +234,8 @@ def _execute(rc: RunConfig, store: Store, result: RunResult, progress: Any, cach
     if evaluation.get("samples"):
         _write_samples(store.run_dir(result.run_id), evaluation["samples"])
     with autocast_context(precision, device):
-        retention, retention_scores, retention_time = (retention_step(rc, model, tokenizer, device, eval_progress)
+        retention, retention_scores, retention_time = (retention_step(rc, model, tokenizer, device, eval_progress,
+                                                                      architecture)
                                                        if rc.trial is None else ({}, [], 0.0))  # trials: test unread
     if retention:
         result.retention = retention
@@ -233,20 +249,21 @@ def _execute(rc: RunConfig, store: Store, result: RunResult, progress: Any, cach
 
 def evaluate_step(rc: RunConfig, spec: Any, model: Any, tokenizer: Any, records: list[dict], device: str,
                   method: str | None = None, task_args: dict | None = None,
-                  eval_cfg: EvalConfig | None = None, on_progress: ProgressCallback | None = None
-                  ) -> tuple[dict, float]:
+                  eval_cfg: EvalConfig | None = None, on_progress: ProgressCallback | None = None,
+                  architecture: ModelArchitecture | None = None) -> tuple[dict, float]:
     """Score `model` on `records` with the task's `evaluate` hook: (its evaluation, seconds taken).
 
     The one evaluate step: the runner calls it after training, `peftlab evaluate` on a saved run
     (with its own decoding strategies in `eval_cfg`). `on_progress(phase, done, total)` hears every
-    scored batch.
+    scored batch. `architecture`: the model's (the runner read it before loading), else read from the model.
     """
+    architecture = architecture or ModelArchitecture.of(model)
     ctx = EvalContext(
         model=model, tokenizer=tokenizer, records=records,
         args=task_args if task_args is not None else spec.resolve_args(rc.task.args),
         max_length=rc.task.max_length, device=str(device), eval=eval_cfg or rc.eval, spec=spec,
         method=method or rc.method.method, source=rc.task.source, data_seed=DATA_SEED,
-        progress=EvalProgress(on_progress))
+        progress=EvalProgress(on_progress), encoder_decoder=architecture.encoder_decoder)
     t0 = time.perf_counter()
     model.eval()
     evaluation = spec.module.evaluate(spec, ctx)
@@ -254,19 +271,32 @@ def evaluate_step(rc: RunConfig, spec: Any, model: Any, tokenizer: Any, records:
 
 
 def retention_step(rc: RunConfig, model: Any, tokenizer: Any, device: str,
-                   on_progress: ProgressCallback | None = None) -> tuple[dict, list[dict], float]:
+                   on_progress: ProgressCallback | None = None, architecture: ModelArchitecture | None = None
+                   ) -> tuple[dict, list[dict], float]:
     """What the run keeps outside its task: forgetting on general text (`eval.forgetting_texts` paragraphs,
     `peftlab.evaluation.forgetting`) and each of `eval.retention_tasks` scored by its own evaluation (its
     test split, `limit_eval` and `max_length` of the run's task). Returns ({name: entry}, their score sets
     (named `forgetting`, `retention:<task>:<set>`), seconds); entries hold `metrics`, `per_example`,
-    `per_example_source`, `examples` and `data`."""
-    from peftlab.evaluation.forgetting import EVALUATION, GENERAL_TASK, TOKENS, general_texts, score_general_text
+    `per_example_source`, `examples` and `data`. An encoder-decoder model skips forgetting (general-text loss
+    is a causal-LM measure): its entry holds only `skipped`, the reason, and the run's log says it."""
+    from peftlab.evaluation.forgetting import (
+        EVALUATION,
+        GENERAL_TASK,
+        SKIPPED_ENCODER_DECODER,
+        TOKENS,
+        general_texts,
+        score_general_text,
+    )
     from peftlab.tasks.common import example_ids
 
     t0 = time.perf_counter()
     entries: dict[str, dict] = {}
     score_sets: list[dict] = []
-    if rc.eval.forgetting_texts and rc.task.name != GENERAL_TASK:
+    architecture = architecture or ModelArchitecture.of(model)
+    if rc.eval.forgetting_texts and rc.task.name != GENERAL_TASK and architecture.encoder_decoder:
+        entries[EVALUATION] = {"skipped": SKIPPED_ENCODER_DECODER}
+        log.info("forgetting not measured: %s", SKIPPED_ENCODER_DECODER)
+    elif rc.eval.forgetting_texts and rc.task.name != GENERAL_TASK:
         records, info = general_texts(rc.eval.forgetting_texts, rc.task.source, DATA_SEED)
         model.eval()
         entry = score_general_text(model, tokenizer, records, example_ids(records), device,
@@ -351,17 +381,21 @@ def check_evaluation(metrics: dict, evaluations: list | None = None, vocab: int 
 
 
 def _train(rc: RunConfig, spec: Any, task_args: dict, method: Any, model: Any, tokenizer: Any,
-           train_records: list[dict], val_records: list[dict], device: str, progress: Any, run_dir: Any) -> Any:
+           train_records: list[dict], val_records: list[dict], device: str, progress: Any, run_dir: Any,
+           architecture: ModelArchitecture) -> Any:
+    seq2seq = architecture.encoder_decoder
     examples = [e for e in training_examples(spec, tokenizer, train_records, rc.task.max_length,
-                                             rc.train.packing, task_args)
+                                             rc.train.packing, task_args, seq2seq)
                 if any(label != -100 for label in e["labels"])]
     if not examples:
         raise ValueError(f"task {rc.task.name}: no training examples (check limit_train and max_length)")
-    val_examples = training_examples(spec, tokenizer, val_records, rc.task.max_length, rc.train.packing, task_args)
+    val_examples = training_examples(spec, tokenizer, val_records, rc.task.max_length, rc.train.packing, task_args,
+                                     seq2seq)
     val_batches = make_batches(val_examples, rc.train.batch_size, tokenizer.pad_token_id, seed=DATA_SEED,
                                shuffle=False) if val_examples else []
     return train(model, examples, val_batches, rc.train, rc.seed, tokenizer.pad_token_id, device,
-                 on_step=method.on_step, progress=progress, trackers=rc.trackers or None, project_dir=str(run_dir))
+                 on_step=method.on_step, progress=progress, trackers=rc.trackers or None, project_dir=str(run_dir),
+                 encoder_decoder=seq2seq)
 
 
 def _save(rc: RunConfig, method_name: str, method_args: dict, model: Any, run_dir: Any) -> int | None:

@@ -20,6 +20,12 @@ batches with the reason recorded when either check fails):
   Methods with virtual tokens (prompt, prefix, the hybrid) keep padded rows: their tokens sit in
   front of every sequence.
 
+Both are causal-LM tricks. An encoder-decoder (seq2seq) model (`train(..., encoder_decoder=True)`)
+reads each example's prompt in its encoder and predicts its target in its decoder: its batches are
+padded rows of encoder input and, separately, decoder labels (padding -100), and its loss is the
+model's own (`model(input_ids, attention_mask, labels).loss`, the mean over target tokens); the
+layout says so (`ENCODER_DECODER_LAYOUT`) and no probe runs.
+
 The arithmetic (`train.mixed_precision`) is chosen by `peftlab.measure.choose_precision` and
 recorded with its reason.
 """
@@ -59,6 +65,12 @@ class Layout:
     def record(self) -> dict[str, Any]:
         return {"batch_layout": "padding-free" if self.packed else "padded",
                 "logits": "targets-only" if self.targets_only else "all positions", "batch_layout_reason": self.reason}
+
+
+#: An encoder-decoder model's batches: padded encoder rows and decoder targets, the model's own loss.
+ENCODER_DECODER_LAYOUT = Layout(reason="padded rows, logits everywhere: an encoder-decoder model reads the prompt in its "
+                                       "encoder and is trained with its own loss on the target in its decoder; "
+                                       "padding-free rows and targets-only logits are causal-LM layouts")
 
 
 @dataclass
@@ -170,10 +182,15 @@ def packed_collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[st
     return batch
 
 
-def padded_collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+def padded_collate(examples: list[dict[str, list[int]]], pad_id: int, encoder_decoder: bool = False
+                   ) -> dict[str, torch.Tensor]:
+    """Padded rows; `encoder_decoder`: the decoder targets count as tokens and positions too."""
     batch = collate(examples, pad_id)
     batch["num_tokens"] = batch["attention_mask"].sum()
     batch["num_positions"] = torch.tensor(batch["input_ids"].numel())
+    if encoder_decoder:
+        batch["num_tokens"] = batch["num_tokens"] + (batch["labels"] != -100).sum()
+        batch["num_positions"] = batch["num_positions"] + batch["labels"].numel()
     return batch
 
 
@@ -277,11 +294,14 @@ def _on(batch: dict[str, torch.Tensor], device: Any) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def _epoch_loader(examples: list[dict], cfg: TrainConfig, pad_id: int, seed: int, layout: Layout) -> DataLoader:
+def _epoch_loader(examples: list[dict], cfg: TrainConfig, pad_id: int, seed: int, layout: Layout,
+                  encoder_decoder: bool = False) -> DataLoader:
     lengths = [len(e["input_ids"]) for e in examples]
     batches = bucket_batches(lengths, cfg.batch_size, seed, shuffle=True, bucketing=cfg.bucketing)
-    make = packed_collate if layout.packed else padded_collate
-    return DataLoader(examples, batch_sampler=batches, collate_fn=lambda rows: make(rows, pad_id))
+    if layout.packed:
+        return DataLoader(examples, batch_sampler=batches, collate_fn=lambda rows: packed_collate(rows, pad_id))
+    return DataLoader(examples, batch_sampler=batches,
+                      collate_fn=lambda rows: padded_collate(rows, pad_id, encoder_decoder))
 
 
 def train(
@@ -296,15 +316,20 @@ def train(
     progress: Callable[[int, int, float], None] | None = None,
     trackers: list[str] | None = None,
     project_dir: str | None = None,
+    encoder_decoder: bool = False,
 ) -> TrainOutcome:
-    """Train `model` in place on `examples`; returns the loss curves and measured costs."""
+    """Train `model` in place on `examples`; returns the loss curves and measured costs.
+
+    `encoder_decoder`: the model is an encoder-decoder LM and each example's `input_ids` is its encoder
+    input and `labels` its decoder target (`ENCODER_DECODER_LAYOUT`: padded rows, the model's own loss).
+    """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from transformers import get_scheduler
 
     AcceleratorState._reset_state(reset_partial_state=False)  # a sweep runs many runs per process
     precision = choose_precision(cfg.mixed_precision, device, weights_dtype(model))
-    layout = choose_layout(model, examples, cfg.packing, pad_id)
+    layout = ENCODER_DECODER_LAYOUT if encoder_decoder else choose_layout(model, examples, cfg.packing, pad_id)
     log.info("precision %s; batches: %s", precision.reason, layout.reason)
     accelerator = Accelerator(
         mixed_precision=precision.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
@@ -329,7 +354,7 @@ def train(
     try:
         while outcome.steps < steps:
             epoch_start = time.perf_counter()
-            loader = accelerator.prepare(_epoch_loader(examples, cfg, pad_id, seed + epoch, layout))
+            loader = accelerator.prepare(_epoch_loader(examples, cfg, pad_id, seed + epoch, layout, encoder_decoder))
             model.train()
             for batch in loader:
                 counts = torch.stack([batch.pop("num_tokens"), batch.pop("num_positions")])
@@ -356,13 +381,13 @@ def train(
                 if progress:
                     progress(outcome.steps, steps, float(loss.detach()))
                 if val_batches and outcome.steps % eval_every == 0:
-                    _validate(model, val_batches[: cfg.eval_batches], outcome, accelerator)
+                    _validate(model, val_batches[: cfg.eval_batches], outcome, accelerator, encoder_decoder)
                 if outcome.steps >= steps:
                     break
             outcome.epoch_times_s.append(time.perf_counter() - epoch_start)
             epoch += 1
         if val_batches and (not outcome.curves["val_loss"] or outcome.curves["val_loss"][-1][0] != outcome.steps):
-            _validate(model, val_batches[: cfg.eval_batches], outcome, accelerator)
+            _validate(model, val_batches[: cfg.eval_batches], outcome, accelerator, encoder_decoder)
     finally:
         outcome.train_time_s = time.perf_counter() - start - outcome.val_time_s
         outcome.memory = memory.stop()
@@ -382,11 +407,12 @@ def _record_step(outcome: TrainOutcome, loss: float, lr: float, cfg: TrainConfig
         log.info("step %d loss %.4f lr %.2e", outcome.steps, loss, lr)
 
 
-def _validate(model: torch.nn.Module, batches: list[dict], outcome: TrainOutcome, accelerator: Any) -> None:
+def _validate(model: torch.nn.Module, batches: list[dict], outcome: TrainOutcome, accelerator: Any,
+              encoder_decoder: bool = False) -> None:
     """Validation loss; its seconds are kept out of the training time (and so out of tokens/s)."""
     t0 = time.perf_counter()
     model.eval()
-    loss = mean_loss(model, batches, accelerator.device)
+    loss = mean_loss(model, batches, accelerator.device, encoder_decoder)
     model.train()
     outcome.val_time_s += time.perf_counter() - t0
     if not math.isfinite(loss):

@@ -46,20 +46,26 @@ def bucket_batches(lengths: list[int], batch_size: int, seed: int, shuffle: bool
 
 
 def collate(examples: list[dict[str, list[int]]], pad_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
-    """Pad to the longest member; labels pad with -100 so padding never enters the loss."""
+    """Pad to the longest member; labels pad with -100 so padding never enters the loss.
+
+    Labels pad to the longest labels: a causal LM's are as long as its input_ids, an encoder-decoder
+    model's decoder targets have their own length (right padding then: the decoder reads them in order).
+    """
     width = max(len(e["input_ids"]) for e in examples)
+    label_width = max(len(e.get("labels", e["input_ids"])) for e in examples)
     ids, labels, mask = [], [], []
     for e in examples:
         n = len(e["input_ids"])
         pad = width - n
         lab = e.get("labels", e["input_ids"])
+        lab_pad = label_width - len(lab)
         if padding_side == "left":
             ids.append([pad_id] * pad + e["input_ids"])
-            labels.append([-100] * pad + lab)
+            labels.append([-100] * lab_pad + lab)
             mask.append([0] * pad + [1] * n)
         else:
             ids.append(e["input_ids"] + [pad_id] * pad)
-            labels.append(lab + [-100] * pad)
+            labels.append(lab + [-100] * lab_pad)
             mask.append([1] * n + [0] * pad)
     return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask), "labels": torch.tensor(labels)}
 

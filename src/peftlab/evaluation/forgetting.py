@@ -12,7 +12,9 @@ change of held-out cross-entropy on general text), not a capability benchmark; *
 capabilities.
 
 A run of the `lm` task itself skips it: its test split is that text, so its own metric is the
-measure.
+measure. A run of an encoder-decoder model skips it too, with the reason recorded
+(`retention.forgetting.skipped`): the loss of each token given the text before it is a causal-LM
+measure, which such a model does not compute.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ GENERAL_TASK = "lm"  # whose test split is the general text
 TOKENS = 128  # each paragraph's first tokens are scored
 EVALUATION = "forgetting"  # the score set's and the result entry's name
 METRIC = "general_loss"
+#: Why an encoder-decoder model's run has no forgetting measure (`retention.forgetting.skipped`).
+SKIPPED_ENCODER_DECODER = ("not measured: general-text loss scores each token given the text before it, a causal-LM "
+                           "measure that an encoder-decoder model does not compute")
 
 
 def general_texts(n: int, source: str, seed: int) -> tuple[list[dict], dict]:

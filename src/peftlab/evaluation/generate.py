@@ -3,6 +3,13 @@
 Prompts are left-padded (every row's next token sits in the last column), generated with the KV
 cache, stopped at end-of-sequence or at stop strings, cut at the stop strings, and timed.
 
+An encoder-decoder (seq2seq) model is the one branch (`ModelArchitecture.of(model).encoder_decoder`):
+its prompts are right-padded (the encoder reads them whole, and soft prompts that peft puts in front
+then sit right before every row's text, whatever its length), and its `generate` returns only
+decoder tokens, of which the first is its decoder start token, so nothing of the prompt is
+stripped from them. A causal LM returns prompt + new tokens: the new ones start after the padded
+prompt's width.
+
 Prompt-learning methods (prompt tuning, prefix tuning, the LoRA+prompt hybrid) generate through
 `peftlab.methods.virtual_tokens.hf_generate`, which gives the plain transformers model their
 virtual tokens at every forward; `tests/test_generation.py` checks, per method, that cached
@@ -20,7 +27,9 @@ import torch
 
 from peftlab.config import DecodingConfig
 from peftlab.evaluation.progress import EvalProgress
+from peftlab.evaluation.scoring import pad_rows
 from peftlab.methods.virtual_tokens import hf_generate, hf_model
+from peftlab.models import ModelArchitecture
 
 __all__ = ["GenerationOutput", "generate", "hf_generate", "generation_kwargs", "eos_token_ids", "left_pad",
            "cut_at_stop", "StopOnStrings"]
@@ -179,23 +188,28 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[int]], decoding: Dec
     texts: dict[int, list[str]] = {}
     ids_out: dict[int, list[list[int]]] = {}
     per_prompt = [0.0] * len(prompts)
+    seq2seq = ModelArchitecture.of(model).encoder_decoder
     start = time.perf_counter()
     for b, s in enumerate(range(0, len(order), batch_size)):
         idx = order[s:s + batch_size]
         t0 = time.perf_counter()
-        batch = left_pad([prompts[i] for i in idx], pad, device)
-        width = batch["input_ids"].shape[1]
+        if seq2seq:  # right-padded encoder input; the output is decoder tokens after the decoder start token
+            batch = {k: v.to(device) for k, v in pad_rows([prompts[i] for i in idx], pad).items()}
+            new_from = 1
+        else:  # left-padded: prompt + new tokens come back, the new ones after the prompt's width
+            batch = left_pad([prompts[i] for i in idx], pad, device)
+            new_from = batch["input_ids"].shape[1]
         extra: dict[str, Any] = {"use_cache": use_cache}
         if decoding.stop:
             from transformers import StoppingCriteriaList
 
-            extra["stopping_criteria"] = StoppingCriteriaList([StopOnStrings(tokenizer, decoding.stop, width)])
+            extra["stopping_criteria"] = StoppingCriteriaList([StopOnStrings(tokenizer, decoding.stop, new_from)])
         if streamer is not None:
             extra["streamer"] = streamer
         if kwargs["do_sample"]:
             torch.manual_seed(decoding.seed + b)
         generated = hf_generate(model, **batch, **kwargs, **extra)
-        new = generated[:, width:].tolist()
+        new = generated[:, new_from:].tolist()
         for row, seq in enumerate(new):
             i = idx[row // n]
             ids, count = _completion_ids(seq, eos, pad)

@@ -1,5 +1,10 @@
 """Scoring without generation: log-likelihoods, validation loss and strided perplexity.
 
+Encoder-decoder (seq2seq) models (`encoder_decoder=True`): the rows are the encoder's input and the
+labels are the decoder's target, two sequences of their own lengths; the model is called with
+`labels` (it builds its decoder input by shifting them right) and logit i scores label i, with no
+shift. Everything below that is causal-only says so (`strided_perplexity`, `last_token_logits`).
+
 Prompt-learning models (prompt tuning, the LoRA+prompt hybrid) return logits for their virtual
 tokens too; `aligned_logits` drops those so position i always predicts input token i+1,
 whichever method produced the model.
@@ -44,18 +49,21 @@ def token_batches(lengths: Sequence[int], max_tokens: int, max_rows: int | None 
 
 def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, labels: Sequence[Sequence[int]] | None = None
              ) -> dict[str, torch.Tensor]:
-    """Right-padded `input_ids` and `attention_mask` (and `labels`, -100 on padding) for token-id rows."""
+    """Right-padded `input_ids` and `attention_mask` (and `labels`, -100 on padding) for token-id rows.
+
+    Labels pad to the longest labels: a causal LM's are as long as its rows, an encoder-decoder's decoder
+    targets have their own length."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     out = {"input_ids": ids, "attention_mask": mask}
     if labels is not None:
-        out["labels"] = torch.full((len(rows), width), -100, dtype=torch.long)
+        out["labels"] = torch.full((len(rows), max(len(lab) for lab in labels)), -100, dtype=torch.long)
     for row, seq in enumerate(rows):
         ids[row, :len(seq)] = torch.tensor(list(seq), dtype=torch.long)
         mask[row, :len(seq)] = 1
         if labels is not None:
-            out["labels"][row, :len(seq)] = torch.tensor(list(labels[row]), dtype=torch.long)
+            out["labels"][row, :len(labels[row])] = torch.tensor(list(labels[row]), dtype=torch.long)
     return out
 
 
@@ -69,23 +77,31 @@ def aligned_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Te
 
 @torch.no_grad()
 def nll_sum(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-            labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row summed negative log-likelihood of the labelled tokens, and their count."""
-    logits = aligned_logits(model, input_ids, attention_mask).float()
-    target = labels[:, 1:]
-    logp = F.log_softmax(logits[:, :-1], dim=-1)
+            labels: torch.Tensor, encoder_decoder: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row summed negative log-likelihood of the labelled tokens, and their count.
+
+    Causal: labels align with `input_ids` and position t predicts label t+1. `encoder_decoder`: `input_ids`
+    is the encoder input, labels the decoder target (-100: not scored), and logit t predicts label t."""
+    if encoder_decoder:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).logits.float()
+        target = labels
+        logp = F.log_softmax(logits, dim=-1)
+    else:
+        logits = aligned_logits(model, input_ids, attention_mask).float()
+        target = labels[:, 1:]
+        logp = F.log_softmax(logits[:, :-1], dim=-1)
     mask = target != -100
     picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return -(picked * mask).sum(dim=1), mask.sum(dim=1)
 
 
 @torch.no_grad()
-def mean_loss(model: Any, batches: list[dict[str, torch.Tensor]], device: Any) -> float:
-    """Token-weighted mean loss over batches (the validation loss curve)."""
+def mean_loss(model: Any, batches: list[dict[str, torch.Tensor]], device: Any, encoder_decoder: bool = False) -> float:
+    """Token-weighted mean loss over batches (the validation loss curve); `encoder_decoder` as in `nll_sum`."""
     total, count = 0.0, 0
     for batch in batches:
         batch = {k: v.to(device) for k, v in batch.items()}
-        nll, n = nll_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        nll, n = nll_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"], encoder_decoder)
         total += float(nll.sum())
         count += int(n.sum())
     return total / max(count, 1)
@@ -108,7 +124,7 @@ def strided_windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, 
 @torch.no_grad()
 def strided_perplexity(model: Any, tokenizer: Any, texts: list[str], window: int, stride: int,
                        device: Any) -> dict[str, float]:
-    """Perplexity of the concatenated texts with a sliding window (Hugging Face's recipe).
+    """Perplexity of the concatenated texts with a sliding window (Hugging Face's recipe); causal LMs only.
 
     Each window of `window` tokens advances by `stride`; only tokens not scored by an earlier
     window count, and each is scored with up to `window - stride` tokens of left context, which
@@ -137,15 +153,18 @@ def strided_perplexity(model: Any, tokenizer: Any, texts: list[str], window: int
 
 @torch.no_grad()
 def row_nll(model: Any, rows: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], pad_id: int, device: Any,
-            max_tokens: int, progress: EvalProgress | None = None, per_item: int = 1) -> tuple[list[float], list[int]]:
+            max_tokens: int, progress: EvalProgress | None = None, per_item: int = 1,
+            encoder_decoder: bool = False) -> tuple[list[float], list[int]]:
     """Summed NLL (nats) of each row's labelled tokens (-100: not scored) and their count, in row order.
 
-    Batched by `token_batches(max_tokens)`; `progress` advances by one per `per_item` rows (several
-    rows can make up one example, e.g. its label choices)."""
+    `encoder_decoder`: each row is the encoder's input and its labels the decoder's target (see `nll_sum`).
+    Batched by `token_batches(max_tokens)` (over the longer of row and target); `progress` advances by one per
+    `per_item` rows (several rows can make up one example, e.g. its label choices)."""
     nll_out, count_out = [0.0] * len(rows), [0] * len(rows)
-    for idx in token_batches([len(r) for r in rows], max_tokens):
+    for idx in token_batches([max(len(r), len(lab)) for r, lab in zip(rows, labels)], max_tokens):
         batch = pad_rows([rows[i] for i in idx], pad_id, [labels[i] for i in idx])
-        nll, count = nll_sum(model, *(batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")))
+        nll, count = nll_sum(model, *(batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")),
+                             encoder_decoder=encoder_decoder)
         for i, v, c in zip(idx, nll.double().tolist(), count.tolist()):
             nll_out[i], count_out[i] = float(v), int(c)
         if progress is not None:
@@ -155,15 +174,22 @@ def row_nll(model: Any, rows: Sequence[Sequence[int]], labels: Sequence[Sequence
 
 @torch.no_grad()
 def choice_logprobs(model: Any, prompts: list[list[int]], choices: list[list[int]], pad_id: int,
-                    device: Any, max_tokens: int = 2048, progress: EvalProgress | None = None) -> torch.Tensor:
+                    device: Any, max_tokens: int = 2048, progress: EvalProgress | None = None,
+                    encoder_decoder: bool = False) -> torch.Tensor:
     """Log-likelihood of each choice continuation after each prompt: shape (prompts, choices).
 
     One forward pass per (prompt, choice) pair, batched by token budget; classification by
-    comparing these needs no generation and no answer parsing.
+    comparing these needs no generation and no answer parsing. `encoder_decoder`: the choice's
+    log-likelihood as the decoder's output given the prompt in the encoder.
     """
-    rows = [p + c for p in prompts for c in choices]
-    labels = [[-100] * len(p) + list(c) for p in prompts for c in choices]
-    nll, _ = row_nll(model, rows, labels, pad_id, device, max_tokens, progress, per_item=len(choices))
+    if encoder_decoder:
+        rows = [list(p) for p in prompts for _ in choices]
+        labels = [list(c) for _ in prompts for c in choices]
+    else:
+        rows = [p + c for p in prompts for c in choices]
+        labels = [[-100] * len(p) + list(c) for p in prompts for c in choices]
+    nll, _ = row_nll(model, rows, labels, pad_id, device, max_tokens, progress, per_item=len(choices),
+                     encoder_decoder=encoder_decoder)
     return torch.tensor([-v for v in nll]).view(len(prompts), len(choices))
 
 
@@ -189,7 +215,7 @@ def _only_positions(model: Any, positions: torch.Tensor, n_inputs: int) -> Itera
 
 @torch.no_grad()
 def last_token_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The logits after each row's last real token of a right-padded batch: (rows, vocab).
+    """The logits after each row's last real token of a right-padded batch: (rows, vocab); causal LMs only.
 
     The output layer runs on those positions only (see `_only_positions`); a model whose output layer
     can't be found (no `get_output_embeddings`) gets the full forward pass instead, same result."""

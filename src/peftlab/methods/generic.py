@@ -26,6 +26,8 @@ _INTERNAL_FIELDS = {"task_type", "peft_type", "auto_mapping", "peft_version", "b
                     "inference_mode"}
 _PROMPT_TYPES = ("PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING", "ADAPTION_PROMPT", "CPT")
 _RANK_FIELDS = ("r", "init_r", "target_r")
+#: PEFT types peft builds for decoder-only models only (adaption prompts patch Llama-style attention; CPT is causal).
+CAUSAL_ONLY_TYPES = ("ADAPTION_PROMPT", "CPT")
 #: PEFT types whose update peft folds into the weights (`merge_and_unload`): the one list.
 MERGEABLE_TYPES = ("LOHA", "LOKR", "VERA", "OFT", "BOFT", "ADALORA", "HRA", "FOURIERFT", "BONE", "C3A", "SHIRA")
 
@@ -164,15 +166,18 @@ def generic_method(name: str) -> Method:
         if peft_type == "ADALORA":
             args.setdefault("total_step", int(args.pop("total_step", 1000)))
         try:
-            config = cls(task_type="CAUSAL_LM", **args)
+            config = cls(task_type=ctx.task_type, **args)
         except TypeError as exc:
             valid = sorted(p for p in params if p not in ("self", "task_type", "peft_type"))
             raise ValueError(f"method {name!r}: {exc}; valid arguments: {', '.join(valid)}") from None
         return get_peft_model(model, config)
 
     merge, merge_why = _merge_kind(peft_type)
+    causal_only = (f"peft implements {peft_type} for decoder-only (causal) language models only"
+                   if peft_type in CAUSAL_ONLY_TYPES else "")
     return Method(
         name=name.lower(), family="peft", description=f"peft {peft_type} with the given keyword arguments",
         apply=apply, peft_type=peft_type, validate=lambda args: check_args(name.lower(), peft_type, args),
         merge=merge, merge_why=merge_why, on_step=_adalora_step if peft_type == "ADALORA" else None,
+        causal_only=causal_only,
     )

@@ -138,6 +138,8 @@ register(Method(
     defaults={**LORA_DEFAULTS, "num_virtual_tokens": 8, "prompt_init": "vocab"},
     apply=_apply_hybrid, merge="partial",
     merge_why="partly: the LoRA half merges; the soft prompt is part of the input and is exported beside",
+    causal_only=("peftlab's own wrapper puts its soft prompt in front of a decoder-only model's sequence and shifts "
+                 "its labels and positions past it, and an encoder-decoder model's labels belong to the decoder"),
     load=lambda base_model, path, is_trainable: LoraPromptModel.from_pretrained(base_model, path, is_trainable),
     checks={**LORA_CHECKS, "num_virtual_tokens": integer(1, MAX_VIRTUAL_TOKENS), "prompt_init": choice("vocab", "random")},
 ))

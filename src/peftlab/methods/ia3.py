@@ -17,7 +17,7 @@ def _apply_ia3(model: nn.Module, args: dict, ctx: ApplyContext) -> nn.Module:
         args["target_modules"] = targets
     if args.get("feedforward_modules") in (None, "auto"):
         args["feedforward_modules"] = [f for f in feedforward if f in args["target_modules"]]
-    return get_peft_model(model, IA3Config(task_type="CAUSAL_LM", **args))
+    return get_peft_model(model, IA3Config(task_type=ctx.task_type, **args))
 
 
 register(Method(

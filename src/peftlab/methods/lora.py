@@ -31,25 +31,26 @@ LORA_CHECKS = {
 }
 
 
-def lora_config(model: nn.Module, args: dict, **extra: object):
-    """A peft LoraConfig from peftlab arguments (target shortcuts resolved for this architecture)."""
+def lora_config(model: nn.Module, args: dict, task_type: str = "CAUSAL_LM", **extra: object):
+    """A peft LoraConfig from peftlab arguments (target shortcuts resolved for this architecture);
+    `task_type`: the run's (`ApplyContext.task_type`)."""
     from peft import LoraConfig
 
     args = dict(args)
     args["target_modules"] = resolve_targets(model, args.get("target_modules"))
-    return LoraConfig(task_type="CAUSAL_LM", **args, **extra)
+    return LoraConfig(task_type=task_type, **args, **extra)
 
 
 def _apply_lora(model: nn.Module, args: dict, ctx: ApplyContext) -> nn.Module:
     from peft import get_peft_model
 
-    return get_peft_model(model, lora_config(model, args))
+    return get_peft_model(model, lora_config(model, args, ctx.task_type))
 
 
 def _apply_dora(model: nn.Module, args: dict, ctx: ApplyContext) -> nn.Module:
     from peft import get_peft_model
 
-    return get_peft_model(model, lora_config(model, args, use_dora=True))
+    return get_peft_model(model, lora_config(model, args, ctx.task_type, use_dora=True))
 
 
 def _apply_qlora(model: nn.Module, args: dict, ctx: ApplyContext) -> nn.Module:
@@ -59,7 +60,7 @@ def _apply_qlora(model: nn.Module, args: dict, ctx: ApplyContext) -> nn.Module:
     args = dict(args)
     checkpointing = bool(args.pop("gradient_checkpointing", False))
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
-    return get_peft_model(model, lora_config(model, args))
+    return get_peft_model(model, lora_config(model, args, ctx.task_type))
 
 
 register(Method(

@@ -17,7 +17,7 @@ def _apply_prompt(model: nn.Module, args: dict, ctx: ApplyContext) -> nn.Module:
     args = {k: v for k, v in args.items() if v is not None}
     if str(args.get("prompt_tuning_init", "RANDOM")).upper() == "TEXT":
         args.setdefault("tokenizer_name_or_path", ctx.model_path)
-    return get_peft_model(model, PromptTuningConfig(task_type="CAUSAL_LM", **args))
+    return get_peft_model(model, PromptTuningConfig(task_type=ctx.task_type, **args))
 
 
 def _apply_prefix(model: nn.Module, args: dict, ctx: ApplyContext) -> nn.Module:
@@ -26,7 +26,7 @@ def _apply_prefix(model: nn.Module, args: dict, ctx: ApplyContext) -> nn.Module:
     args = {k: v for k, v in args.items() if v is not None}
     init = str(args.pop("prefix_init", "RANDOM")).upper()
     text = args.pop("prefix_init_text", None)
-    adapted = get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM", **args))
+    adapted = get_peft_model(model, PrefixTuningConfig(task_type=ctx.task_type, **args))
     if init == "TEXT":
         # The prefixes start as the base model's own keys and values for the first tokens of a real
         # text (Li & Liang 2021, §5: "initialize with activations of real words"), so every layer's
@@ -91,4 +91,7 @@ register(Method(
             "encoder_hidden_size": optional(integer(1, 1 << 20)),
             "prefix_init": choice("RANDOM", "TEXT", upper=True)},
     validate=_check_prefix_init,
+    causal_only_args=lambda args: ("prefix_init TEXT copies a decoder-only model's cache of the text into the "
+                                   "prefixes, and an encoder-decoder model keeps two (use prefix_init RANDOM)"
+                                   if args.get("prefix_init") == "TEXT" else ""),
 ))

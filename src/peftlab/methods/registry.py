@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
+from peftlab.models import ModelArchitecture
+
 # Sane upper bounds, checked before any model loads: past these a run only allocates absurd memory.
 MAX_RANK = 16384
 MAX_VIRTUAL_TOKENS = 16384
@@ -108,12 +110,19 @@ def _number(value: Any) -> Any:
 
 @dataclass
 class ApplyContext:
-    """What a method may need besides the model: the tokenizer and where the base came from."""
+    """What a method may need besides the model: the tokenizer, where the base came from and what it is."""
 
     tokenizer: Any = None
     model_name: str = ""
     model_path: str = ""
     seed: int = 0  # the run's seed, for methods that initialise tensors themselves (the hybrid's prompt)
+    architecture: ModelArchitecture = field(default_factory=ModelArchitecture)  # decoder-only unless told
+
+    @property
+    def task_type(self) -> str:
+        """peft's task type for the base model: `CAUSAL_LM`, or `SEQ_2_SEQ_LM` for an encoder-decoder model.
+        Every method that builds a peft config takes it from here."""
+        return self.architecture.task_type
 
 
 #: How a method's training merges into the base weights (`Method.merge`):
@@ -153,6 +162,11 @@ class Method:
     peft_type: str | None = None
     checks: dict[str, Check] = field(default_factory=dict)  # argument name -> its value check
     validate: Callable[[dict], dict] | None = None  # whole-argument check (generic PEFT types: the config's fields)
+    # Why the method cannot adapt an encoder-decoder (seq2seq) model, as a clause that follows "because"
+    # ("" : it can); checked before any model loads (`peftlab.plan.architecture_problem`).
+    causal_only: str = ""
+    # The same for some of its arguments only: (resolved arguments) -> the clause, "" when they can.
+    causal_only_args: Callable[[dict], str] | None = None
 
     def __post_init__(self) -> None:
         if self.merge not in MERGE_KINDS:
@@ -162,6 +176,12 @@ class Method:
     def mergeable(self) -> bool:
         """Whether (part of) the training folds into the base weights."""
         return self.merge in ("weights", "partial")
+
+    def encoder_decoder_problem(self, args: dict) -> str:
+        """Why this method, with `args`, cannot adapt an encoder-decoder model ("": it can)."""
+        if self.causal_only or self.causal_only_args is None:
+            return self.causal_only
+        return self.causal_only_args(self.resolve_args(args))
 
     def resolve_args(self, args: dict) -> dict:
         """Defaults overlaid with the user's arguments; unknown names and bad values are errors.
@@ -195,6 +215,17 @@ def register(method: Method) -> Method:
         raise ValueError(f"method {method.name!r} registered twice")
     REGISTRY[method.name] = method
     return method
+
+
+def check_task_type(name: str, adapted: nn.Module, ctx: ApplyContext) -> nn.Module:
+    """`adapted`, refused when it is a peft model built for another task type than the base model's (a method
+    whose apply does not pass `task_type=ctx.task_type` would wrap an encoder-decoder model as a causal LM)."""
+    task_type = getattr(getattr(adapted, "active_peft_config", None), "task_type", None)
+    task_type = getattr(task_type, "value", task_type)
+    if task_type is not None and str(task_type) != ctx.task_type:
+        raise ValueError(f"method {name!r} built a peft {task_type} model on the {ctx.architecture.kind} model, which "
+                         f"needs {ctx.task_type}: its apply must pass task_type=ctx.task_type")
+    return adapted
 
 
 def freeze(model: nn.Module) -> nn.Module:

@@ -25,6 +25,11 @@ the cache, the attention mask gains `n` ones in front, and every position id is 
 each token sits exactly where it sat in training (virtual tokens at `0..n-1`, the text after
 them, pads ignored). `tests/test_generation.py` checks, per method, that cached generation equals
 cache-free generation and an unpadded token-by-token forward loop, and batched equals one-by-one.
+
+An encoder-decoder (seq2seq) model is left to its own `generate` (peft's `PeftModelForSeq2SeqLM`
+puts soft prompts in front of the encoder input and prefixes in the cache itself): its virtual
+tokens sit in the encoder, whose input is read once and whose positions are relative, and what it
+returns is the decoder's tokens (the decoder start token first), never the prompt.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
+
+from peftlab.models import ModelArchitecture
 
 # The keyword a transformers forward takes for its KV cache: `cache` since transformers 5.24,
 # `past_key_values` before (5.24 still accepts the old name with a FutureWarning until 5.40).
@@ -78,6 +85,8 @@ def virtual_tokens_of(model: Any) -> VirtualTokens:
     own = getattr(model, "virtual_tokens", None)  # a peftlab wrapper that carries its own (the hybrid)
     if callable(own):
         return own()
+    if ModelArchitecture.of(model).encoder_decoder:  # peft's seq2seq generate handles its virtual tokens itself
+        return VirtualTokens(lm=model)
     config = getattr(model, "active_peft_config", None)
     if config is not None and getattr(config, "is_prompt_learning", False):
         kind = str(getattr(config.peft_type, "value", config.peft_type))
@@ -173,7 +182,8 @@ def eval_mode(model: Any) -> Iterator[None]:
 @torch.no_grad()
 def hf_generate(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 **kwargs: Any) -> torch.Tensor:
-    """`model.generate` made right for every method: returns prompt ids + new ids, like transformers.
+    """`model.generate` made right for every method: returns prompt ids + new ids, like transformers (an
+    encoder-decoder model: the decoder's ids, starting with its decoder start token).
 
     `kwargs` are transformers `generate` arguments (`use_cache`, `streamer`, `stopping_criteria`, …).
     """

@@ -41,6 +41,10 @@ class EvalContext:
     data_seed: int = DATA_SEED  # the seed of every subsample (paired across methods and seeds)
     log: Callable[[str], None] = field(default=lambda msg: log.info(msg))
     progress: EvalProgress = field(default_factory=EvalProgress)  # phase(name, n) then advance(k) per batch
+    # The model is an encoder-decoder (seq2seq) LM (`peftlab.models.ModelArchitecture`): prompts are plain text
+    # for its encoder (`chat.render_prompt(..., encoder_decoder=True)`), targets are scored in its decoder
+    # (`scoring.row_nll(..., encoder_decoder=True)`); generation returns decoder tokens only.
+    encoder_decoder: bool = False
 
     @property
     def max_batch_tokens(self) -> int:
@@ -67,5 +71,8 @@ class TaskHooks(Protocol):
 
     def evaluate(self, spec: "TaskSpec", ctx: EvalContext) -> dict: ...
 
+    # Optional: `causal_only(trains: bool) -> str`, why the task cannot run on an encoder-decoder model (with a
+    # method that trains when `trains`) as a clause that follows "because", "" when it can; without the hook a
+    # `kind: lm` task cannot train one (`TaskSpec.causal_only`). Checked before any model loads.
     # Optional: `uses_decoding(args) -> bool`, whether decoding strategies apply with these task arguments
     # (sentiment scored by log-likelihood: no), so `peftlab evaluate --decoding` is refused before loading.

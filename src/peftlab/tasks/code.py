@@ -77,7 +77,7 @@ def evaluate(spec: TaskSpec, ctx: EvalContext) -> dict:
         raise ValueError("code: no test problems to evaluate (check limit_eval)")
     tok = ctx.tokenizer
     prompt_limit = int(ctx.args.get("max_prompt_tokens") or ctx.max_length)
-    prompts = [truncate_ids(tok(p["prompt"], add_special_tokens=False)["input_ids"], prompt_limit, "left")
+    prompts = [truncate_ids(tok(p["prompt"], add_special_tokens=ctx.encoder_decoder)["input_ids"], prompt_limit, "left")
                for p in problems]
     ks = sorted({int(k) for k in (ctx.args.get("k") or [1])})
     timeout = float(ctx.args.get("timeout_s") or 10.0)

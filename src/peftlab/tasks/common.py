@@ -198,8 +198,11 @@ def _cut(tokenizer: Any, ids: list[int], budget: int, side: str, marker: str) ->
     return tokenizer.decode(truncate_ids(ids, budget, side)).strip()
 
 
-def prompt_overhead(tokenizer: Any, messages: list[dict]) -> int:
-    """Tokens the prompt takes besides the field left empty in `messages`."""
+def prompt_overhead(tokenizer: Any, messages: list[dict], encoder_decoder: bool = False) -> int:
+    """Tokens the prompt takes besides the field left empty in `messages` (an encoder-decoder model's plain prompt
+    with the special tokens its tokenizer adds)."""
+    if encoder_decoder:
+        return len(tokenizer(prompt_text(tokenizer, messages, encoder_decoder=True))["input_ids"])
     return n_tokens(tokenizer, prompt_text(tokenizer, messages))
 
 

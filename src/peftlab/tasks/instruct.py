@@ -58,17 +58,19 @@ def to_messages(spec: TaskSpec, record: dict, args: dict, train: bool = True) ->
     return build_messages(instruction, user, record["output"] if train else None)
 
 
-def prompt_ids(spec: TaskSpec, record: dict, args: dict, tokenizer: Any, max_length: int) -> list[int]:
-    """Prompt ids; if too long, instruction and input are cut in the middle to fit exactly."""
+def prompt_ids(spec: TaskSpec, record: dict, args: dict, tokenizer: Any, max_length: int,
+               encoder_decoder: bool = False) -> list[int]:
+    """Prompt ids; if too long, instruction and input are cut in the middle to fit exactly (`encoder_decoder`: the
+    plain prompt an encoder-decoder model's encoder reads)."""
     instruction, user = fields(record, args)
     messages = build_messages(instruction, user)
-    if prompt_overhead(tokenizer, messages) <= max_length:
-        return render_prompt(tokenizer, messages, max_length)
-    budget = max_length - prompt_overhead(tokenizer, build_messages("x", "x")) - SLACK
+    if prompt_overhead(tokenizer, messages, encoder_decoder) <= max_length:
+        return render_prompt(tokenizer, messages, max_length, encoder_decoder)
+    budget = max_length - prompt_overhead(tokenizer, build_messages("x", "x"), encoder_decoder) - SLACK
     user_len = n_tokens(tokenizer, user)
     instruction = fit_text(tokenizer, instruction, max(budget - user_len, budget // 2), side="middle")
     user = fit_text(tokenizer, user, max(budget - n_tokens(tokenizer, instruction), 1), side="middle")
-    return render_prompt(tokenizer, build_messages(instruction, user), max_length)
+    return render_prompt(tokenizer, build_messages(instruction, user), max_length, encoder_decoder)
 
 
 def answer_nll(spec: TaskSpec, ctx: EvalContext) -> tuple[float, int]:
@@ -78,12 +80,15 @@ def answer_nll(spec: TaskSpec, ctx: EvalContext) -> tuple[float, int]:
 
 
 def answer_nll_per_example(spec: TaskSpec, ctx: EvalContext) -> tuple[list[float], list[int]]:
-    """NLL (nats) and count of each reference answer's labelled tokens, teacher-forced (in record order)."""
+    """NLL (nats) and count of each reference answer's labelled tokens, teacher-forced (in record order); an
+    encoder-decoder model's: the answer as its decoder's output given the prompt in its encoder."""
     tok = ctx.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    examples = [render(tok, to_messages(spec, r, ctx.args, train=True), ctx.max_length) for r in ctx.records]
+    examples = [render(tok, to_messages(spec, r, ctx.args, train=True), ctx.max_length, ctx.encoder_decoder)
+                for r in ctx.records]
     return row_nll(ctx.model, [e["input_ids"] for e in examples], [e["labels"] for e in examples], pad, ctx.device,
-                   ctx.max_batch_tokens, ctx.progress.phase("answer loss", len(examples)))
+                   ctx.max_batch_tokens, ctx.progress.phase("answer loss", len(examples)),
+                   encoder_decoder=ctx.encoder_decoder)
 
 
 def evaluate(spec: TaskSpec, ctx: EvalContext) -> dict:
@@ -96,7 +101,7 @@ def evaluate(spec: TaskSpec, ctx: EvalContext) -> dict:
     teacher_forced = {"loss": loss, "perplexity": M.perplexity_from_nll(total_nll, max(n_answer_tokens, 1))}
     ctx.log(f"instruct: held-out answer loss {loss:.4f} over {n_answer_tokens} tokens")
     refs = [r["output"] for r in records]
-    prompts = [prompt_ids(spec, r, ctx.args, ctx.tokenizer, ctx.max_length) for r in records]
+    prompts = [prompt_ids(spec, r, ctx.args, ctx.tokenizer, ctx.max_length, ctx.encoder_decoder) for r in records]
 
     def score(texts: list[list[str]], decoding: Any) -> tuple[dict, list[dict], dict]:
         preds = [outs[0].strip() for outs in texts]

@@ -29,6 +29,12 @@ def record_text(record: dict) -> str:
     return record["text"]
 
 
+def causal_only(trains: bool) -> str:
+    """Perplexity is a decoder-only measure: an encoder-decoder model gets none (`TaskSpec.causal_only`)."""
+    return ("its perplexity scores every token of a text given the tokens before it, in one causal pass that an "
+            "encoder-decoder model does not compute")
+
+
 def _token_documents(tokenizer: Any, text: str, starts: list[int]) -> tuple[list[int], list[int]]:
     """Token ids of `text` and, per token, the index of the document (by character start) it starts in."""
     try:

@@ -106,7 +106,8 @@ def score_outputs_per_example(texts: list[list[str]], golds: list[str]) -> tuple
 def evaluate(spec: TaskSpec, ctx: EvalContext) -> dict:
     records = ctx.records
     golds = [str(r["answer"]) for r in records]
-    prompts = [render_prompt(ctx.tokenizer, to_messages(spec, r, ctx.args, train=False), ctx.max_length)
+    prompts = [render_prompt(ctx.tokenizer, to_messages(spec, r, ctx.args, train=False), ctx.max_length,
+                             ctx.encoder_decoder)
                for r in records]
 
     def score(texts: list[list[str]], decoding: Any) -> tuple[dict, list[dict]]:

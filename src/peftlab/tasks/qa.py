@@ -63,19 +63,22 @@ def to_messages(spec: TaskSpec, record: dict, args: dict, train: bool = True) ->
     return build_messages(spec.system, user_text(context, record["question"]), answer if train else None)
 
 
-def prompt_ids(spec: TaskSpec, record: dict, args: dict, tokenizer: Any, max_length: int) -> list[int]:
-    """Prompt token ids with the context cut (never the question) to fit `max_length`."""
-    overhead = prompt_overhead(tokenizer, build_messages(spec.system, user_text("", record["question"])))
+def prompt_ids(spec: TaskSpec, record: dict, args: dict, tokenizer: Any, max_length: int,
+               encoder_decoder: bool = False) -> list[int]:
+    """Prompt token ids with the context cut (never the question) to fit `max_length` (`encoder_decoder`: the
+    plain prompt an encoder-decoder model's encoder reads)."""
+    overhead = prompt_overhead(tokenizer, build_messages(spec.system, user_text("", record["question"])),
+                               encoder_decoder)
     budget = max_length - overhead - SLACK
     context = fit_text(tokenizer, record["context"], budget, side=args.get("context_truncation", "left"))
     return render_prompt(tokenizer, build_messages(spec.system, user_text(context, record["question"])),
-                         max_length)
+                         max_length, encoder_decoder)
 
 
 def evaluate(spec: TaskSpec, ctx: EvalContext) -> dict:
     records = ctx.records
     golds = [list(r["answers"]) or [""] for r in records]
-    prompts = [prompt_ids(spec, r, ctx.args, ctx.tokenizer, ctx.max_length) for r in records]
+    prompts = [prompt_ids(spec, r, ctx.args, ctx.tokenizer, ctx.max_length, ctx.encoder_decoder) for r in records]
 
     def score(texts: list[list[str]], decoding: Any) -> tuple[dict, list[dict]]:
         preds = [outs[0].strip() for outs in texts]

@@ -106,6 +106,22 @@ class TaskSpec:
             return _module_from_file(Path(self.hooks))
         return importlib.import_module(self.hooks)
 
+    def causal_only(self, trains: bool) -> str:
+        """Why this task cannot run on an encoder-decoder (seq2seq) model, as a clause that follows "because"
+        ("": it can). `trains`: a method that trains runs it (the untrained `base` only evaluates).
+
+        The hooks' `causal_only(trains)` decides where they have one (`lm`: its perplexity is causal by
+        definition); otherwise a `kind: lm` task cannot train one: its training is causal language modelling
+        on raw text, with no prompt for the encoder and no target for the decoder.
+        """
+        hook = getattr(self.module, "causal_only", None)
+        if callable(hook):
+            return str(hook(trains) or "")
+        if self.kind == "lm" and trains:
+            return ("it trains by causal language modelling on raw text (every token predicts the next), which has "
+                    "no prompt for an encoder and no target for a decoder")
+        return ""
+
     def resolve_args(self, user: dict) -> dict:
         unknown = set(user) - set(self.args)
         if unknown:

@@ -26,6 +26,10 @@ a review longer than the run's `max_length` is cut to fit, by default in the mid
 budget, joined by " ... ": openings set up the film, endings usually give the verdict);
 `left` keeps only the end. `in_domain_accuracy` is the accuracy on the held-out sentences of
 the `validation` split, scored the same way.
+
+An encoder-decoder model (`ctx.encoder_decoder`) reads the plain prompt in its encoder and each
+label word is scored as the decoder's output: its log-likelihood given the encoder input
+(`choice_logprobs(..., encoder_decoder=True)`, one pass per (review, label) pair).
 """
 
 from __future__ import annotations
@@ -71,9 +75,9 @@ def to_messages(spec: TaskSpec, record: dict, args: dict, train: bool = True) ->
 
 
 def fitted_messages(spec: TaskSpec, record: dict, args: dict, tokenizer: Any, max_length: int,
-                    reserve: int) -> list[dict]:
+                    reserve: int, encoder_decoder: bool = False) -> list[dict]:
     """The prompt messages with the review cut so prompt + `reserve` answer tokens fit max_length."""
-    overhead = prompt_overhead(tokenizer, build_messages(spec.system, ""))
+    overhead = prompt_overhead(tokenizer, build_messages(spec.system, ""), encoder_decoder)
     budget = max_length - overhead - reserve - SLACK
     text = fit_text(tokenizer, record["text"], budget, side=args.get("truncation", "middle"))
     return build_messages(spec.system, text)
@@ -121,23 +125,26 @@ def loglik_predictions(spec: TaskSpec, ctx: EvalContext, records: list[dict], ph
     """(predicted labels, per-label log-likelihoods, tokens scored) by comparing label words.
 
     Label words that are single tokens (the default words are, in the SmolLM2, Llama and GPT-2
-    vocabularies) are read from one forward pass per review; otherwise `choice_logprobs` runs
-    one pass per (review, label) pair.
+    vocabularies) are read from one forward pass per review; otherwise, and always for an
+    encoder-decoder model (the label words are its decoder's output), `choice_logprobs` runs one
+    pass per (review, label) pair.
     """
     tok = ctx.tokenizer
+    seq2seq = ctx.encoder_decoder
     choices = [tok(w, add_special_tokens=False)["input_ids"] for w in label_words(ctx.args)]
-    reserve = max(len(c) for c in choices)
-    prompts = [render_prompt(tok, fitted_messages(spec, r, ctx.args, tok, ctx.max_length, reserve), ctx.max_length)
+    reserve = 0 if seq2seq else max(len(c) for c in choices)  # a decoder's output takes no room in the input
+    prompts = [render_prompt(tok, fitted_messages(spec, r, ctx.args, tok, ctx.max_length, reserve, seq2seq),
+                             ctx.max_length, seq2seq)
                for r in records]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     progress = ctx.progress.phase(phase, len(prompts))
-    if all(len(c) == 1 for c in choices):
+    if all(len(c) == 1 for c in choices) and not seq2seq:
         scores = next_token_logprobs(ctx.model, prompts, [c[0] for c in choices], pad, ctx.device,
                                      max_tokens=ctx.max_batch_tokens, progress=progress)
         tokens = sum(len(p) for p in prompts)
     else:
         scores = choice_logprobs(ctx.model, prompts, choices, pad, ctx.device, max_tokens=ctx.max_batch_tokens,
-                                 progress=progress)
+                                 progress=progress, encoder_decoder=seq2seq)
         tokens = sum(len(p) + len(c) for p in prompts for c in choices)
     preds = scores.argmax(dim=1).tolist()
     return preds, scores.tolist(), tokens
@@ -150,7 +157,9 @@ def _parse(texts: list[list[str]], words: list[str]) -> list[list[int | None]]:
 
 def _generation_prompts(spec: TaskSpec, ctx: EvalContext, records: list[dict]) -> list[list[int]]:
     tok = ctx.tokenizer
-    return [render_prompt(tok, fitted_messages(spec, r, ctx.args, tok, ctx.max_length, 0), ctx.max_length)
+    seq2seq = ctx.encoder_decoder
+    return [render_prompt(tok, fitted_messages(spec, r, ctx.args, tok, ctx.max_length, 0, seq2seq), ctx.max_length,
+                          seq2seq)
             for r in records]
 
 

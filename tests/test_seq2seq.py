@@ -1,0 +1,276 @@
+"""Encoder-decoder (seq2seq) models on a tiny random T5: loading, methods, training, scoring, generation, refusals."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import build_tokenizer, perturb
+
+from peftlab.config import ConfigError, DecodingConfig, EvalConfig, parse_experiment
+from peftlab.models import ModelArchitecture, load_model, local_architecture, model_architecture
+from peftlab.plan import expand, validate
+from peftlab.runner import execute_run
+from peftlab.store import Store
+
+# `prefix` waits for `methods.prompt._apply_prefix` to pass `task_type=ctx.task_type` (that function is being
+# rewritten elsewhere); until then the runner refuses the causal peft model it builds (`check_task_type`).
+TRAINED_METHODS = ("lora", "dora", "qlora", "ia3", "prompt", "prefix", "full")
+
+
+def t5_tokenizer():
+    """The tests' BPE tokenizer without a chat template (T5 has none), its end-of-sequence apart from padding."""
+    tok = build_tokenizer(chat_template=False)
+    tok.eos_token = "<|im_end|>"
+    return tok
+
+
+def build_t5(tok, seed: int = 0):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    cfg = T5Config(vocab_size=len(tok), d_model=32, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=2, d_kv=16,
+                   decoder_start_token_id=tok.pad_token_id, pad_token_id=tok.pad_token_id,
+                   eos_token_id=tok.eos_token_id)
+    return T5ForConditionalGeneration(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_t5_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tiny-t5")
+    tok = t5_tokenizer()
+    build_t5(tok).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def t5(tiny_t5_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_t5_dir)
+    return perturb(build_t5(tok)), tok
+
+
+def experiment(model_dir, store, methods=("lora",), task=None, **extra):
+    return parse_experiment({
+        "name": "s2s", "model": str(model_dir), "methods": list(methods), "output_dir": str(store),
+        "task": task or {"sentiment": {"limit_train": 16, "limit_eval": 6, "max_length": 48}},
+        "train": {"max_steps": 3, "batch_size": 4, "warmup_steps": 1, "lr": 1e-2, "eval_batches": 1},
+        **extra,
+    })
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def test_the_config_says_encoder_decoder_and_loading_picks_seq2seq(tiny_t5_dir, tiny_llama_dir) -> None:
+    from transformers import T5ForConditionalGeneration
+
+    t5 = ModelArchitecture(model_type="t5", encoder_decoder=True)
+    assert local_architecture(str(tiny_t5_dir)) == t5 == model_architecture(str(tiny_t5_dir))
+    assert t5.task_type == "SEQ_2_SEQ_LM"
+    assert model_architecture(str(tiny_llama_dir)) == ModelArchitecture(model_type="llama", encoder_decoder=False)
+    model = load_model(str(tiny_t5_dir), dtype="float32", device="cpu")
+    assert isinstance(model, T5ForConditionalGeneration)
+    assert ModelArchitecture.of(model) == t5
+
+
+# ------------------------------------------------------------------------------------------------ methods
+@pytest.mark.parametrize("name, targets", [("lora", {"q", "v"}), ("dora", {"q", "v"}), ("ia3", {"k", "v", "wo"}),
+                                          ("prompt", None), ("prefix", None),
+                                          ("vera", {"q", "v"})])
+def test_peft_methods_get_seq2seq_peft_models_on_t5_defaults(t5, name, targets) -> None:
+    import copy
+
+    from peft import PeftModelForSeq2SeqLM
+
+    from peftlab.methods import ApplyContext, get_method
+    from peftlab.methods.registry import check_task_type
+
+    model, tok = t5
+    method = get_method(name)
+    ctx = ApplyContext(tokenizer=tok, architecture=ModelArchitecture.of(model))
+    adapted = check_task_type(name, method.apply(copy.deepcopy(model), method.resolve_args({}), ctx), ctx)
+    assert isinstance(adapted, PeftModelForSeq2SeqLM)
+    if targets is not None:
+        assert set(adapted.active_peft_config.target_modules) == targets
+
+
+@pytest.mark.parametrize("name", TRAINED_METHODS)
+def test_each_method_trains_and_scores_sentiment_on_t5(tiny_t5_dir, tmp_path, fake_records, one_thread, name) -> None:
+    store = Store(tmp_path / "runs")
+    rc = expand(experiment(tiny_t5_dir, store.root, methods=(name,)))[0]
+    result = execute_run(rc, store)
+    assert result["status"] == "ok", result["error"]
+    losses = [loss for _, loss in result["curves"]["train_loss"]]
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    assert all(math.isfinite(v) for _, v in result["curves"]["val_loss"])
+    cost = result["cost"]
+    assert cost["batch_layout"] == "padded" and "encoder-decoder" in cost["batch_layout_reason"]
+    assert 0 <= result["metrics"]["accuracy"] <= 100
+    assert result["retention"]["forgetting"]["skipped"].startswith("not measured")
+
+
+def test_training_lowers_the_loss_on_repeated_batches(tiny_t5_dir, tmp_path, fake_records, one_thread) -> None:
+    store = Store(tmp_path / "runs")
+    exp = experiment(tiny_t5_dir, store.root, task={"sentiment": {"limit_train": 4, "limit_eval": 4, "max_length": 48}})
+    rc = expand(exp)[0]
+    import dataclasses
+
+    rc = dataclasses.replace(rc, train=dataclasses.replace(rc.train, max_steps=8, lr=3e-2, warmup_steps=1))
+    result = execute_run(rc, store)
+    assert result["status"] == "ok", result["error"]
+    losses = [loss for _, loss in result["curves"]["train_loss"]]
+    assert losses[-1] < losses[0]
+
+
+# ------------------------------------------------------------------------------------------------ tasks
+def test_seq2seq_examples_are_the_plain_prompt_and_the_target_alone() -> None:
+    from peftlab.tasks.chat import build_messages, render, render_prompt
+
+    tok = build_tokenizer(chat_template=True)  # a template would frame a causal LM's chat, not an encoder's input
+    messages = build_messages("Say the sentiment.", "a good film", "positive")
+    example = render(tok, messages, 64, encoder_decoder=True)
+    assert example["input_ids"] == tok("Say the sentiment.\n\na good film")["input_ids"]
+    assert example["input_ids"] == render_prompt(tok, messages, 64, encoder_decoder=True)
+    assert example["labels"] == tok("positive", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    causal = render(tok, messages, 64)
+    assert len(causal["input_ids"]) == len(causal["labels"]) and causal["labels"][0] == -100
+
+
+def test_label_scoring_is_the_decoder_log_likelihood(t5) -> None:
+    from peftlab.evaluation.progress import EvalProgress
+    from peftlab.tasks import get_task
+    from peftlab.tasks.api import EvalContext
+    from peftlab.tasks.sentiment import loglik_predictions
+
+    model, tok = t5
+    spec = get_task("sentiment")
+    args = spec.resolve_args({})
+    records = [{"text": "a movie that is good and fun to watch", "label": 1},
+               {"text": "a film that is bad and boring", "label": 0}, {"text": "the lazy dog", "label": 1}]
+    ctx = EvalContext(model=model, tokenizer=tok, records=records, args=args, max_length=256, device="cpu",
+                      eval=EvalConfig(batch_size=2), spec=spec, method="base", progress=EvalProgress(),
+                      encoder_decoder=True)
+    preds, scores, _ = loglik_predictions(spec, ctx, records)
+
+    def by_hand(prompt: str, word: str) -> float:
+        source = torch.tensor([tok(prompt)["input_ids"]])
+        target = tok(word, add_special_tokens=False)["input_ids"]
+        decoder_in = torch.tensor([[model.config.decoder_start_token_id] + target[:-1]])
+        with torch.no_grad():
+            logits = model(input_ids=source, decoder_input_ids=decoder_in).logits[0].log_softmax(-1)
+        return sum(float(logits[i, t]) for i, t in enumerate(target))
+
+    for record, row, pred in zip(records, scores, preds):
+        expected = [by_hand(f"{spec.system.strip()}\n\n{record['text']}", w) for w in ("negative", "positive")]
+        assert row == pytest.approx(expected, abs=1e-4)
+        assert pred == int(expected[1] > expected[0])
+
+
+def test_generation_returns_the_decoder_tokens(t5) -> None:
+    import copy
+
+    from peftlab.evaluation.generate import generate
+    from peftlab.methods import ApplyContext, get_method
+
+    model, tok = t5
+    prompts = [tok("what is the capital of france ? paris and the quick brown fox")["input_ids"],
+               tok("a film")["input_ids"]]
+    decoding = DecodingConfig(max_new_tokens=6)
+    ctx = ApplyContext(tokenizer=tok, architecture=ModelArchitecture.of(model))
+    for name in ("base", "lora", "ia3", "prompt"):
+        method = get_method(name)
+        adapted = perturb(method.apply(copy.deepcopy(model), method.resolve_args({}), ctx), seed=3)
+        out = generate(adapted, tok, prompts, decoding, batch_size=2, device="cpu")
+        for prompt, ids in zip(prompts, out.token_ids):
+            alone = adapted.generate(input_ids=torch.tensor([prompt]), max_new_tokens=6, do_sample=False)[0].tolist()
+            assert alone[0] == model.config.decoder_start_token_id
+            new = alone[1:]
+            cut = new.index(tok.eos_token_id) if tok.eos_token_id in new else len(new)
+            assert ids[0] == new[:cut], name
+            assert len(ids[0]) <= 6
+
+
+# ------------------------------------------------------------------------------------------------ refusals
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if anything loads model weights."""
+    import peftlab.models
+    import peftlab.runner
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    for module in (peftlab.models, peftlab.runner):
+        monkeypatch.setattr(module, "load_model", refuse)
+
+
+@pytest.mark.parametrize("methods, task, extra, message", [
+    (["lora+prompt"], None, {},
+     "method 'lora+prompt' cannot adapt '{model}' (an encoder-decoder t5) because peftlab's own wrapper puts its soft "
+     "prompt in front of a decoder-only model's sequence"),
+    ([{"label": "prefix-text", "method": "prefix", "prefix_init": "text", "prefix_init_text": "Classify it."}], None, {},
+     "method 'prefix-text' (prefix) cannot adapt '{model}' (an encoder-decoder t5) because prefix_init TEXT copies a "
+     "decoder-only model's cache"),
+    (["base"], {"lm": {"limit_eval": 4}}, {},
+     "task 'lm' cannot run on '{model}' (an encoder-decoder t5) because its perplexity scores every token of a text "
+     "given the tokens before it"),
+    (["lora"], {"code": {"args": {"execute": False}}}, {},
+     "task 'code' with method 'lora' cannot run on '{model}' (an encoder-decoder t5) because it trains by causal "
+     "language modelling on raw text"),
+    (["lora"], None, {"eval": {"retention_tasks": ["lm"]}},
+     "retention task 'lm' cannot run on '{model}' (an encoder-decoder t5) because its perplexity"),
+])
+def test_inapplicable_methods_and_tasks_are_refused_before_any_model_loads(tiny_t5_dir, tmp_path, fake_records,
+                                                                           no_model_load, methods, task, extra,
+                                                                           message) -> None:
+    store = Store(tmp_path / "runs")
+    exp = experiment(tiny_t5_dir, store.root, methods=methods, task=task, **extra)
+    expected = message.format(model=str(tiny_t5_dir))
+    with pytest.raises(ConfigError) as caught:
+        validate(exp)
+    assert str(caught.value).startswith(expected)
+    assert str(caught.value).count(". ") == 0  # one sentence
+    result = execute_run(expand(exp)[0], store)  # a run that skipped validation stops before loading too
+    assert result["status"] == "failed" and expected in result["error"]
+    assert "the model was loaded" not in result["error"]
+
+
+def test_a_decoder_only_model_is_refused_nothing(tiny_llama_dir, tmp_path) -> None:
+    validate(experiment(tiny_llama_dir, tmp_path / "runs", methods=["lora+prompt"], task={"lm": {"limit_eval": 4}}))
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+def test_cli_run_sentiment_lora_on_t5(tiny_t5_dir, tmp_path, fake_records, one_thread, capsys) -> None:
+    from peftlab.cli import main
+
+    cfg = tmp_path / "t5.yaml"
+    cfg.write_text(
+        f"name: t5\nmodel: {tiny_t5_dir}\nmethods: [base, lora]\n"
+        "task: {sentiment: {limit_train: 16, limit_eval: 6, max_length: 48}}\n"
+        "train: {max_steps: 2, batch_size: 4, warmup_steps: 1}\n"
+    )
+    store = tmp_path / "runs"
+    assert main(["validate", str(cfg)]) == 0
+    assert main(["run", str(cfg), "--store", str(store)]) == 0
+    assert "2 ok, 0 not ok" in capsys.readouterr().out
+    results = {r["label"]: r for r in Store(store).results()}
+    assert set(results) == {"base", "lora"}
+    assert all(r["status"] == "ok" and "accuracy" in r["metrics"] for r in results.values())
+    run_id = results["lora"]["run_id"]
+    assert main(["generate", run_id, "a film that is good", "--store", str(store), "--max-new-tokens", "4"]) == 0
+    assert "tokens in" in capsys.readouterr().err  # the saved T5 adapter loads back and generates
+
+
+def test_generation_scoring_runs_on_t5(tiny_t5_dir, tmp_path, fake_records, one_thread) -> None:
+    store = Store(tmp_path / "runs")
+    exp = experiment(tiny_t5_dir, store.root, methods=("lora",),
+                     task={"sentiment": {"limit_train": 8, "limit_eval": 4, "max_length": 48,
+                                         "args": {"scoring": "generate", "in_domain": False}}},
+                     eval={"decoding": ["greedy"]})
+    result = execute_run(expand(exp)[0], store)
+    assert result["status"] == "ok", result["error"]
+    assert "format_error_rate" in result["metrics"]
+    assert result["evaluations"][0]["name"] == "greedy"
