@@ -15,8 +15,6 @@ from peftlab.plan import expand, validate
 from peftlab.runner import execute_run
 from peftlab.store import Store
 
-# `prefix` waits for `methods.prompt._apply_prefix` to pass `task_type=ctx.task_type` (that function is being
-# rewritten elsewhere); until then the runner refuses the causal peft model it builds (`check_task_type`).
 TRAINED_METHODS = ("lora", "dora", "qlora", "ia3", "prompt", "prefix", "full")
 
 
@@ -236,6 +234,24 @@ def test_inapplicable_methods_and_tasks_are_refused_before_any_model_loads(tiny_
     result = execute_run(expand(exp)[0], store)  # a run that skipped validation stops before loading too
     assert result["status"] == "failed" and expected in result["error"]
     assert "the model was loaded" not in result["error"]
+
+
+def test_a_refusal_that_only_a_grid_point_reaches_is_caught_by_validate(tiny_t5_dir, tmp_path, no_model_load) -> None:
+    exp = experiment(tiny_t5_dir, tmp_path / "runs", methods=[{"prefix": {"prefix_init_text": "Classify it."}}],
+                     grid={"prefix.prefix_init": ["RANDOM", "TEXT"]})
+    with pytest.raises(ConfigError, match="method 'prefix' cannot adapt .* because prefix_init TEXT"):
+        validate(exp)
+
+
+def test_prompt_tuning_on_t5_has_n_virtual_tokens_not_two_sets() -> None:
+    from peftlab.measure import count_parameters
+    from peftlab.methods import ApplyContext, get_method
+
+    tok = t5_tokenizer()
+    method = get_method("prompt")
+    ctx = ApplyContext(tokenizer=tok, architecture=ModelArchitecture(model_type="t5", encoder_decoder=True))
+    model = method.apply(build_t5(tok), method.resolve_args({"num_virtual_tokens": 8}), ctx)
+    assert count_parameters(model)["trainable_params"] == 8 * 32  # n tokens x d_model, every one of them trained
 
 
 def test_a_decoder_only_model_is_refused_nothing(tiny_llama_dir, tmp_path) -> None:

@@ -180,7 +180,7 @@ def validate(exp: ExperimentConfig) -> list[RunConfig]:
     runs = expand(exp)
     dims = _model_dims(exp)
     architecture = _local_architecture(exp)
-    seen_pairs: set[tuple[str, str]] = set()
+    seen_pairs: set[str] = set()
     seen_methods: set[str] = set()
     seen_tasks: set[str] = set()
     seen_train: set[str] = set()
@@ -194,8 +194,8 @@ def validate(exp: ExperimentConfig) -> list[RunConfig]:
             except ValueError as exc:
                 raise ConfigError(_method_error(rc.method, exc, where)) from None
             _check_rank(rc.method, args, dims, exp.model.name, where)
-        pair = (rc.method.label, rc.task.name)
-        if architecture is not None and pair not in seen_pairs:
+        pair = repr((rc.method.label, sorted(rc.method.args.items(), key=str), rc.task.name, rc.eval.retention_tasks))
+        if architecture is not None and pair not in seen_pairs:  # grid and tuning points change a method's arguments
             seen_pairs.add(pair)
             problem = architecture_problem(architecture, rc)
             if problem:

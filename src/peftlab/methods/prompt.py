@@ -17,6 +17,10 @@ def _apply_prompt(model: nn.Module, args: dict, ctx: ApplyContext) -> nn.Module:
     args = {k: v for k, v in args.items() if v is not None}
     if str(args.get("prompt_tuning_init", "RANDOM")).upper() == "TEXT":
         args.setdefault("tokenizer_name_or_path", ctx.model_path)
+    if ctx.task_type == "SEQ_2_SEQ_LM":
+        # peft gives a seq2seq prompt 2·n rows (one set per transformer stack) but its forward and generate
+        # read the first n only: the other n would train nothing and double the parameter count.
+        args["num_transformer_submodules"] = 1
     return get_peft_model(model, PromptTuningConfig(task_type=ctx.task_type, **args))
 
 
