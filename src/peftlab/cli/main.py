@@ -16,7 +16,7 @@ from peftlab.cli.data import cmd_data_prepare, cmd_data_show
 from peftlab.cli.experiment import cmd_run, cmd_sweep, cmd_validate
 from peftlab.cli.init import cmd_init
 from peftlab.cli.lifecycle import chat_cmd, evaluate_cmd, export_cmd, generate_cmd, merge_cmd, show_cmd
-from peftlab.cli.store import DEFAULT_REPORT_DIR, cmd_ls, cmd_report
+from peftlab.cli.store import DEFAULT_REPORT_DIR, cmd_compare, cmd_ls, cmd_report
 from peftlab.logs import quiet_libraries
 from peftlab.status import RunStatus
 
@@ -153,6 +153,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", help="only runs of this experiment")
     p.add_argument("--title", help="the report's title (default: from the experiment names)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", parents=common,
+                       help="two methods of a store, paired: difference, interval, p-value, verdict",
+                       description="Compare method A with method B (each its best configuration) on the same seeds "
+                                   "and test examples: A - B with its 95%% interval over seeds x examples, a "
+                                   "permutation p-value (one pair, no multiplicity correction), the verdict and the "
+                                   "smallest difference this size would detect. Tuning trials are left out.")
+    p.add_argument("store", help="run store directory")
+    p.add_argument("a", help="method label (as in the report), the left side of A - B")
+    p.add_argument("b", help="method label, the right side")
+    p.add_argument("--task", help="the task (needed when the store has several)")
+    p.add_argument("--metric", help="a metric of the task (default: its primary metric)")
+    p.add_argument("--on", default="the task", metavar="SCORE",
+                   help="compare on 'forgetting' (held-out general text) or a retention task's name instead of "
+                        "the task itself")
+    p.add_argument("--experiment", help="only runs of this experiment")
+    _json_flag(p)
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("ls", parents=common, help="list methods, models, tasks or runs")
     lsub = p.add_subparsers(dest="what", required=True, metavar="{methods,models,tasks,runs}")

@@ -20,6 +20,32 @@ from peftlab.status import RunStatus
 DEFAULT_REPORT_DIR = "reports/latest"
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Two methods of a store, paired on the same seeds and examples (`peftlab.report.compare`)."""
+    from peftlab.report.aggregate import aggregate
+    from peftlab.report.budget import is_trial
+    from peftlab.report.compare import CompareError, compare_labels
+    from peftlab.store import Store
+
+    store = Store(args.store, readonly=True)
+    filters = {"experiment": args.experiment} if args.experiment else {}
+    results = [r for r in store.results(**filters) if not is_trial(r)]  # trials are scored on validation
+    try:
+        pairing = compare_labels(aggregate(results, store.read_examples), args.a, args.b, task=args.task,
+                                 metric=args.metric, on=args.on)
+    except CompareError as exc:
+        raise ConfigError(f"{args.store}: {exc}") from None
+    if args.json:
+        c = pairing.comparison
+        print_json({"task": pairing.task, "on": pairing.on, "metric": pairing.metric, "a": pairing.a.label,
+                    "b": pairing.b.label, "difference": c.difference, "low": c.lo, "high": c.hi, "p": c.p_value,
+                    "verdict": c.verdict, "n_seeds": c.n_seeds, "n_examples": c.n_examples, "mde": c.mde,
+                    "a_value": c.a_value, "b_value": c.b_value, "degenerate": list(c.degenerate)})
+    else:
+        print(pairing.text())
+    return 0
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     listings = {"methods": _ls_methods, "models": _ls_models, "tasks": _ls_tasks, "runs": _ls_runs}
     return listings[args.what](args)
