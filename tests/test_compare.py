@@ -23,10 +23,16 @@ def store_with_runs(root) -> Store:
         for seed, right in by_seed.items():
             result = {**make_result("sentiment", label, seed, 100.0 * len(right) / N),
                       "per_example": {"accuracy": "mean"}, "per_example_source": {"accuracy": "loglik"}}
+            # a second scoring of the same runs ("generate"): right on one example fewer than "loglik"
+            result["evaluations"] = [{"name": "loglik", "metrics": {"accuracy": 100.0 * len(right) / N},
+                                      "per_example": {"accuracy": "mean"}},
+                                     {"name": "generate", "metrics": {"accuracy": 100.0 * (len(right) - 1) / N},
+                                      "per_example": {"accuracy": "mean"}}]
             store.write_result(result)
             store.write_examples(result["run_id"], [
-                {"evaluation": "loglik", "id": f"ex{i}", "values": {"accuracy": 100.0 if i in right else 0.0}}
-                for i in range(N)])
+                {"evaluation": ev, "id": f"ex{i}", "values": {"accuracy": 100.0 if i in right and not skip else 0.0}}
+                for ev, drop in (("loglik", None), ("generate", min(right))) for i in range(N)
+                for skip in [i == drop]])
     return store
 
 
@@ -41,6 +47,16 @@ def test_the_difference_is_the_hand_computed_paired_mean(tmp_path) -> None:
     assert c.lo < c.difference < c.hi
     reverse = compare_labels(agg, "ia3", "lora").comparison
     assert reverse.difference == pytest.approx(-c.difference)
+
+
+def test_a_side_can_be_one_evaluation_of_its_runs(tmp_path) -> None:
+    store = store_with_runs(tmp_path / "runs")
+    agg = aggregate(store.results(), store.read_examples)
+    pairing = compare_labels(agg, "lora@loglik", "lora@generate")
+    assert pairing.comparison.difference == pytest.approx(100.0 / N)  # one example more on each seed
+    assert pairing.text().startswith("lora@loglik − lora@generate on sentiment, accuracy")
+    with pytest.raises(CompareError, match="'lora' has no evaluation 'beam' on 'sentiment'; it has: generate, loglik"):
+        compare_labels(agg, "lora@beam", "ia3")
 
 
 def test_missing_labels_and_scores_are_one_sentence(tmp_path) -> None:

@@ -161,8 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "permutation p-value (one pair, no multiplicity correction), the verdict and the "
                                    "smallest difference this size would detect. Tuning trials are left out.")
     p.add_argument("store", help="run store directory")
-    p.add_argument("a", help="method label (as in the report), the left side of A - B")
-    p.add_argument("b", help="method label, the right side")
+    p.add_argument("a", help="method label (as in the report), the left side of A - B; LABEL@EVALUATION scores it "
+                             "by that evaluation of its runs, e.g. lora@top_p=0.9 (a decoding strategy)")
+    p.add_argument("b", help="method label (or LABEL@EVALUATION), the right side")
     p.add_argument("--task", help="the task (needed when the store has several)")
     p.add_argument("--metric", help="a metric of the task (default: its primary metric)")
     p.add_argument("--on", default="the task", metavar="SCORE",
