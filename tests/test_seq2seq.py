@@ -290,3 +290,129 @@ def test_generation_scoring_runs_on_t5(tiny_t5_dir, tmp_path, fake_records, one_
     assert result["status"] == "ok", result["error"]
     assert "format_error_rate" in result["metrics"]
     assert result["evaluations"][0]["name"] == "greedy"
+
+
+# ------------------------------------------------------------------------------------------------ merge / export
+def _t5_run(root: Path, model_dir: Path, name: str) -> tuple[torch.nn.Module, Path]:
+    """A perturbed adapter of `name` on the tiny T5, saved as a run directory (adapter + minimal result.json)."""
+    import json
+
+    from peftlab.adapters import save_adapter
+    from peftlab.methods import ApplyContext, get_method
+
+    method = get_method(name)
+    args = method.resolve_args({})
+    base = load_model(str(model_dir), "float32", device="cpu")
+    ctx = ApplyContext(model_path=str(model_dir), architecture=ModelArchitecture.of(base))
+    torch.manual_seed(0)
+    model = perturb(method.apply(base, args, ctx)).eval()
+    with torch.no_grad():  # conftest's LoRA noise makes ΔW several times T5's tiny W: scale it to a trained size,
+        for key, p in model.named_parameters():  # or float32 rounding of W + ΔW alone nears the check's tolerance
+            if "lora_B" in key:
+                p.mul_(0.25)
+    run_dir = root / f"s2s--{name}--sentiment--s0--0123456789"
+    meta = {"args": args, "model": {"name": str(model_dir), "dtype": "float32"}, "task": "sentiment", "seed": 0}
+    size = save_adapter(model, name, run_dir / "adapter", meta)
+    (run_dir / "result.json").write_text(json.dumps({
+        "run_id": run_dir.name, "status": "ok", "method": name, "label": name, "experiment": "s2s",
+        "cost": {"trainable_params": 1, "total_params": 9, "trainable_pct": 11.1, "adapter_bytes": size},
+        "metrics": {"accuracy": 50.0}, "evaluations": []}))
+    return model, run_dir
+
+
+def _decoder_logits(model, ids: torch.Tensor, soft: torch.Tensor | None = None) -> torch.Tensor:
+    """The decoder's logits with `ids` in the encoder (after `soft`, by hand) and as the decoder's target."""
+    with torch.no_grad():
+        if soft is not None:
+            embeds = torch.cat([soft[None], model.get_input_embeddings()(ids)], dim=1)
+            return model(inputs_embeds=embeds, labels=ids).logits
+        return model(input_ids=ids, labels=ids).logits
+
+
+T5_IDS = torch.tensor([[5, 60, 7, 81, 9, 100, 11, 12]])
+
+
+@pytest.mark.parametrize("name", ["lora", "ia3", "prompt", "full"])
+def test_t5_runs_merge_into_a_plain_seq2seq_model(tiny_t5_dir, tmp_path, one_thread, name) -> None:
+    from transformers import AutoModelForSeq2SeqLM
+
+    from peftlab.adapters import merge
+
+    model, run_dir = _t5_run(tmp_path, tiny_t5_dir, name)
+    out = tmp_path / "merged"
+    report = merge(run_dir, out, log=lambda s: None)
+    assert report.ok and report.max_abs_diff <= report.atol, (report.max_abs_diff, report.atol, report.max_abs_logit)
+    assert report.merged == (name in ("lora", "ia3")), report
+    plain = AutoModelForSeq2SeqLM.from_pretrained(out).eval()
+    assert type(plain).__name__ == "T5ForConditionalGeneration" and "peft" not in type(plain).__module__
+    soft = None
+    if name == "prompt":  # the exported soft prompt, prepended to the encoder's input by hand as the note shows
+        from safetensors.torch import load_file
+
+        soft = load_file(str(out / "soft_prompt.safetensors"))["soft_prompt"]
+        note = (out / "SOFT_PROMPT.md").read_text()
+        assert "AutoModelForSeq2SeqLM.from_pretrained" in note and "labels=answer" in note
+    difference = (_decoder_logits(plain, T5_IDS, soft) - _decoder_logits(model, T5_IDS)).abs().max()
+    assert difference <= report.atol
+    if name in ("lora", "ia3"):  # and the merge changed what the model computes
+        assert (_decoder_logits(plain, T5_IDS) - _decoder_logits(build_t5(t5_tokenizer()), T5_IDS)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["lora", "prompt", "prefix", "full"])
+def test_t5_runs_export_what_plain_peft_loads(tiny_t5_dir, tmp_path, one_thread, name) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForSeq2SeqLM
+
+    from peftlab.adapters import export
+
+    model, run_dir = _t5_run(tmp_path, tiny_t5_dir, name)
+    out = tmp_path / "exported"
+    report = export(run_dir, out)
+    assert report.ok and report.max_abs_diff <= report.atol, (report.max_abs_diff, report.atol, report.max_abs_logit)
+    card = (out / "README.md").read_text()
+    assert "AutoModelForSeq2SeqLM.from_pretrained" in card and "AutoModelForCausalLM" not in card
+    if name == "full":
+        plain = AutoModelForSeq2SeqLM.from_pretrained(out).eval()
+    else:
+        plain = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(tiny_t5_dir), out).eval()
+    assert (_decoder_logits(plain, T5_IDS) - _decoder_logits(model, T5_IDS)).abs().max() <= report.atol
+
+
+def test_t5_prefix_merge_is_refused_before_any_model_loads(tiny_t5_dir, tmp_path, one_thread, monkeypatch) -> None:
+    import peftlab.adapters
+    from peftlab.adapters import merge
+
+    _, run_dir = _t5_run(tmp_path, tiny_t5_dir, "prefix")
+    monkeypatch.setattr(peftlab.adapters, "load_adapter", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(ValueError, match=r"a prefix-tuned encoder-decoder model cannot be merged: .* `peftlab "
+                                         r"adapters export` writes it as a directory plain peft loads"):
+        merge(run_dir, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+
+
+def test_a_plain_peft_t5_adapter_is_evaluated_and_refused_a_causal_task(tiny_t5_dir, tmp_path, fake_records,
+                                                                       one_thread) -> None:
+    from peftlab.adapters import export
+    from peftlab.lifecycle import evaluate_run
+
+    _, run_dir = _t5_run(tmp_path, tiny_t5_dir, "lora")
+    plain_dir = tmp_path / "plain-lora"
+    assert export(run_dir, plain_dir).ok  # adapter_config.json (task_type SEQ_2_SEQ_LM) and weights, no peftlab file
+    with pytest.raises(ValueError, match=r"task 'lm' cannot score the adapter's encoder-decoder base .* because its "
+                                         r"perplexity scores every token"):
+        evaluate_run(str(plain_dir), task="lm", store=tmp_path / "runs")
+    outcome = evaluate_run(str(plain_dir), task="sentiment", store=tmp_path / "runs", limit_eval=4)
+    assert outcome.created and 0 <= outcome.metrics["accuracy"] <= 100
+
+
+def test_a_saved_qlora_t5_run_reloads_on_a_4bit_base(tiny_t5_dir, tmp_path, fake_records, one_thread) -> None:
+    import bitsandbytes as bnb
+
+    from peftlab.adapters import load_adapter
+
+    store = Store(tmp_path / "runs")
+    result = execute_run(expand(experiment(tiny_t5_dir, store.root, methods=("qlora",)))[0], store)
+    assert result["status"] == "ok", result["error"]
+    model = load_adapter(store.root / result["run_id"] / "adapter", device="cpu")
+    assert ModelArchitecture.of(model).encoder_decoder
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())  # the base it trained on, not a float copy

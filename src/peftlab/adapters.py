@@ -32,7 +32,10 @@ What merging means per method:
 Every merge is checked: the written directory is loaded back with plain transformers (no peft)
 and its logits on sample inputs are compared with the adapter model's (soft prompt / prefix
 applied by hand), and the maximum absolute difference is printed and stored in
-`peftlab_merge.json`.
+`peftlab_merge.json`. An encoder-decoder model (T5) is checked on its decoder's logits, the sample
+text in its encoder and, shifted right, in its decoder; its soft prompt goes before the encoder's
+input. Its prefixes sit in the decoder's self- and cross-attention caches, so merging a prefix-tuned
+encoder-decoder model is refused (`export` writes it for plain peft).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from peftlab.methods import get_method
 from peftlab.methods.base import UNTRAINED_METHOD
 from peftlab.methods.hybrid import SOFT_PROMPT_FILE, LoraPromptModel
 from peftlab.methods.virtual_tokens import cache_argument, prefix_cache, prefix_of, soft_prompt_of, unwrap
+from peftlab.models import ModelArchitecture
 
 META_FILE = "peftlab_adapter.json"
 PEFT_CONFIG = "adapter_config.json"  # what makes a directory a plain PEFT adapter
@@ -292,14 +296,22 @@ def resolve_base(recorded: str | None, override: str | None = None, where: str |
                      f"be loaded here ({problem.rstrip('.')}); pass --base MODEL: {choices}")
 
 
+def _seq2seq_class(name: str) -> bool:
+    """Whether a recorded model class is an encoder-decoder LM (`AutoModelForSeq2SeqLM` or one it maps to)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
+
+    return name == "AutoModelForSeq2SeqLM" or name in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES.values()
+
+
 def _load_base(meta: dict, quantize: bool, device: str | None, dtype: str | None = None) -> nn.Module:
-    """The base model an adapter was trained on (causal LM, or the recorded head class)."""
+    """The base model an adapter was trained on: a causal or encoder-decoder LM as `load_model` loads it
+    (NF4 when `quantize`), or the recorded head class."""
     from peftlab.models import load_model, resolve_path, torch_dtype
 
     model_cfg = meta.get("model", {})
     model_class = meta.get("model_class") or ""
     dtype = dtype or model_cfg.get("dtype", "auto")
-    if model_class and not model_class.endswith("ForCausalLM"):
+    if model_class and not model_class.endswith("ForCausalLM") and not _seq2seq_class(model_class):
         import transformers
 
         cls = getattr(transformers, model_class, None)
@@ -332,7 +344,8 @@ def load_adapter(path: str | Path, base_model: nn.Module | None = None, device: 
     method = get_method(name)
     model_cfg = meta.get("model", {})
     if method.full:  # the saved model is complete: no base to load
-        if meta.get("model_class", "ForCausalLM").endswith("ForCausalLM"):
+        model_class = meta.get("model_class", "ForCausalLM")
+        if model_class.endswith("ForCausalLM") or _seq2seq_class(model_class):
             model = load_model(str(path), dtype=model_cfg.get("dtype", "auto"), device=device)
         else:
             model = _load_base({**meta, "model": {**model_cfg, "name": str(path)}}, False, device)
@@ -468,21 +481,30 @@ Use it with plain transformers (no peft, no peftlab):
 ```python
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import {auto_class}, AutoTokenizer
 
-model = AutoModelForCausalLM.from_pretrained("{out}")
+model = {auto_class}.from_pretrained("{out}")
 tokenizer = AutoTokenizer.from_pretrained("{out}")
 soft = load_file("{out}/{file}")["soft_prompt"].to(model.dtype)
 
 ids = tokenizer("your prompt", return_tensors="pt").input_ids
 embeds = torch.cat([soft[None], model.get_input_embeddings()(ids)], dim=1)
-logits = model(inputs_embeds=embeds).logits[:, soft.shape[0]:]   # logits of your tokens
-```
+{use}```
 
 For generation, use `peftlab generate`, or call `model.generate(inputs_embeds=embeds,
-attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long))` (one prompt at a time, or left-pad
-the token part and keep ones for the {n} virtual positions).
+attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long))` (one prompt at a time, or {padding}
+and keep ones for the {n} virtual positions).
 """
+
+#: The soft prompt's last usage lines: a decoder-only model scores the tokens after it; an
+#: encoder-decoder model's encoder reads it before the prompt, and its decoder writes the answer.
+SOFT_PROMPT_USE = {
+    False: ("logits = model(inputs_embeds=embeds).logits[:, soft.shape[0]:]   # logits of your tokens\n",
+            "left-pad the token part"),
+    True: ("answer = tokenizer(\"the answer\", return_tensors=\"pt\").input_ids\n"
+           "logits = model(inputs_embeds=embeds, labels=answer).logits   # the decoder's logits of the answer\n",
+           "right-pad the token part"),
+}
 
 PREFIX_NOTE = """# Prefix (prefix tuning)
 
@@ -517,6 +539,27 @@ out = model(input_ids=ids, {cache_arg}=prefix_cache(),   # `past_key_values=` be
 """
 
 
+def _auto_class(encoder_decoder: bool) -> str:
+    """The transformers auto class a user loads the base (or a full fine-tune) with."""
+    return "AutoModelForSeq2SeqLM" if encoder_decoder else "AutoModelForCausalLM"
+
+
+def saved_encoder_decoder(adapter_dir: Path) -> bool:
+    """Whether a saved adapter (or full model) is of an encoder-decoder model, from its files alone: peft's
+    `task_type` (the hybrid's LoRA half in `lora/` is decoder-only), or a full model's `config.json`."""
+    if (adapter_dir / PEFT_CONFIG).exists():
+        return str(read_peft_config(adapter_dir).get("task_type") or "").upper() == "SEQ_2_SEQ_LM"
+    config = adapter_dir / "config.json"
+    if config.exists():
+        return ModelArchitecture.from_config(json.loads(config.read_text())).encoder_decoder
+    return False
+
+
+def _prefix_tuned(adapter_dir: Path) -> bool:
+    return (adapter_dir / PEFT_CONFIG).exists() and \
+        str(read_peft_config(adapter_dir).get("peft_type") or "").upper() == "PREFIX_TUNING"
+
+
 def _merge_kind(method_name: str) -> str:
     try:
         return get_method(method_name).merge
@@ -539,8 +582,11 @@ def export_soft_prompt(model: nn.Module, out: str | Path, method: str = "prompt"
     save_file({"soft_prompt": prompt.contiguous()}, str(path),
               metadata={"method": method, "num_virtual_tokens": str(prompt.shape[0]), "usage": "prepend to inputs_embeds"})
     lora_note = " with its LoRA merged in" if _merge_kind(method) == "partial" else ""
+    seq2seq = ModelArchitecture.of(unwrap(model)).encoder_decoder
+    use, padding = SOFT_PROMPT_USE[seq2seq]
     note = SOFT_PROMPT_NOTE.format(method=method, n=prompt.shape[0], hidden=prompt.shape[1], file=SOFT_PROMPT_FILE,
-                                   out=shown or out, lora_note=lora_note)
+                                   out=shown or out, lora_note=lora_note, auto_class=_auto_class(seq2seq), use=use,
+                                   padding=padding)
     (out / "SOFT_PROMPT.md").write_text(note)
     return path
 
@@ -604,23 +650,39 @@ def sample_inputs(tokenizer: Any, max_tokens: int = 48) -> list[torch.Tensor]:
     return out
 
 
+def _decoder_inputs(model: nn.Module, ids: torch.Tensor) -> dict:
+    """What an encoder-decoder model's decoder reads while the encoder reads `ids`: the same text,
+    shifted right behind the decoder's start token (teacher forcing), so every decoder position is
+    checked; nothing for a decoder-only model."""
+    if not ModelArchitecture.of(model).encoder_decoder:
+        return {}
+    config = model.config
+    start = getattr(config, "decoder_start_token_id", None)
+    start = getattr(config, "pad_token_id", 0) if start is None else start
+    first = torch.full((ids.shape[0], 1), int(start or 0), dtype=ids.dtype, device=ids.device)
+    return {"decoder_input_ids": torch.cat([first, ids[:, :-1]], dim=1)}
+
+
 def _logits(model: nn.Module, ids: torch.Tensor, soft: torch.Tensor | None = None, prefix: Path | None = None) -> torch.Tensor:
-    """Logits of the text positions only (virtual positions dropped), float32 on CPU."""
+    """Logits of the text positions only (virtual positions dropped), float32 on CPU. An
+    encoder-decoder model reads the text in its encoder (after the soft prompt, if any) and, shifted
+    right, in its decoder: its logits are the decoder's."""
     device = next(model.parameters()).device
     ids = ids.to(device)
     length = ids.shape[1]
+    decoder = _decoder_inputs(model, ids)
     with torch.no_grad():
         if soft is not None:
             embeds = model.get_input_embeddings()(ids)
             embeds = torch.cat([soft.to(device=device, dtype=embeds.dtype)[None], embeds], dim=1)
-            out = model(inputs_embeds=embeds)
+            out = model(inputs_embeds=embeds, **decoder)
         elif prefix is not None:
             cache = prefix_cache(model, prefix)
             n = cache.get_seq_length()
             out = model(input_ids=ids, **{cache_argument(model.forward): cache},
                         attention_mask=torch.ones(1, n + length, dtype=torch.long, device=device))
         else:
-            out = model(input_ids=ids)
+            out = model(input_ids=ids, **decoder)
     logits = out.logits
     if logits.dim() == 3:
         logits = logits[:, -length:]
@@ -722,6 +784,10 @@ def merge(run: str | Path, out: str | Path, store: str | Path = "runs", atol: fl
     name = meta["method"]
     method = get_method(name)
     out = Path(out)
+    if _prefix_tuned(ref.adapter_dir) and saved_encoder_decoder(ref.adapter_dir):
+        raise ValueError(f"{ref.name}: a prefix-tuned encoder-decoder model cannot be merged: its prefixes live in "
+                         "the decoder's self- and cross-attention caches, which a plain transformers model is not "
+                         "given by hand; `peftlab adapters export` writes it as a directory plain peft loads")
     check_out_dir(out, overwrite, (MERGE_REPORT, "config.json"), "merge")
     with staged_dir(out) as tmp:
         report = _merge_into(ref, meta, method, tmp, out, atol, device, dtype, verbose)
@@ -869,9 +935,9 @@ Exported by peftlab (`peftlab adapters export`) from {origin}.
 
 PEFT_USAGE = """```python
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import {auto_class}, AutoTokenizer
 
-base = AutoModelForCausalLM.from_pretrained("{base}")
+base = {auto_class}.from_pretrained("{base}")
 model = PeftModel.from_pretrained(base, "{out}")
 tokenizer = AutoTokenizer.from_pretrained("{base}")
 ```
@@ -880,9 +946,9 @@ tokenizer = AutoTokenizer.from_pretrained("{base}")
 FULL_USAGE = """A full fine-tune: this directory is a complete model (no peft needed).
 
 ```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import {auto_class}, AutoTokenizer
 
-model = AutoModelForCausalLM.from_pretrained("{out}")
+model = {auto_class}.from_pretrained("{out}")
 tokenizer = AutoTokenizer.from_pretrained("{out}")
 ```
 """
@@ -981,13 +1047,14 @@ def _export_into(ref: RunRef, meta: dict, method: Any, peft_dir: Path, tmp: Path
     notes = [note] if note else []
     skip = {META_FILE, MERGE_REPORT, "README.md"}
     tokenizer = load_tokenizer_for(meta, ref.adapter_dir)
+    seq2seq = saved_encoder_decoder(ref.adapter_dir)
     peft_type = ""
     if method.full:
         for path in ref.adapter_dir.iterdir():
             if path.is_file() and path.name not in skip:
                 shutil.copy2(path, tmp / path.name)
         tokenizer.save_pretrained(tmp)
-        usage = FULL_USAGE.format(out=out)
+        usage = FULL_USAGE.format(out=out, auto_class=_auto_class(seq2seq))
         with_peftlab = f'With peftlab: `peftlab generate base:{out} "your prompt"`.'
     else:
         for path in peft_dir.iterdir():
@@ -997,7 +1064,7 @@ def _export_into(ref: RunRef, meta: dict, method: Any, peft_dir: Path, tmp: Path
         peft_type = str(config.get("peft_type") or "")
         config["base_model_name_or_path"] = portable
         (tmp / PEFT_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        usage = PEFT_USAGE.format(base=portable, out=out)
+        usage = PEFT_USAGE.format(base=portable, out=out, auto_class=_auto_class(seq2seq))
         with_peftlab = f'With peftlab: `peftlab generate {out} "your prompt"`, `peftlab evaluate {out} --task TASK`.'
         soft = ref.adapter_dir / SOFT_PROMPT_FILE
         if peft_dir != ref.adapter_dir and soft.exists():  # the hybrid: the soft prompt goes beside the LoRA half

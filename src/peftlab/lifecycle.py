@@ -29,6 +29,7 @@ from peftlab.adapters import (
     load_run,
     locate,
     read_meta,
+    saved_encoder_decoder,
 )
 from peftlab.config import parse_decodings
 from peftlab.formatting import fmt_bytes, fmt_duration, fmt_number
@@ -571,9 +572,14 @@ def _evaluate_adapter(ref: RunRef, task: str, decoding: str | None, store: str |
     spec = get_task(task)
     meta = read_meta(ref.adapter_dir, base)
     where = f"evaluate {ref.name}"
-    if meta.get("model_class") and not str(meta["model_class"]).endswith("ForCausalLM"):
-        raise ValueError(f"{where}: the adapter is for a {meta['model_class']} base, and peftlab's tasks score causal "
-                         "language models")
+    if saved_encoder_decoder(ref.adapter_dir):
+        reason = spec.causal_only(False)
+        if reason:
+            raise ValueError(f"{where}: task {task!r} cannot score the adapter's encoder-decoder base "
+                             f"{meta.get('model', {}).get('name')!r} because {reason}")
+    elif meta.get("model_class") and not str(meta["model_class"]).endswith("ForCausalLM"):
+        raise ValueError(f"{where}: the adapter is for a {meta['model_class']} base, and peftlab's tasks score "
+                         "language models (causal, or encoder-decoder such as T5), not task heads")
     get_method(meta.get("method", ""))
     if spec.splits.get("test") is None:
         raise ValueError(f"task {task!r} has no test split to evaluate")
