@@ -59,6 +59,14 @@ def test_a_side_can_be_one_evaluation_of_its_runs(tmp_path) -> None:
         compare_labels(agg, "lora@beam", "ia3")
 
 
+def test_identical_sides_get_no_verdict_and_no_detectable_difference(tmp_path) -> None:
+    store = store_with_runs(tmp_path / "runs")
+    agg = aggregate(store.results(), store.read_examples)
+    text = compare_labels(agg, "lora@loglik", "lora@loglik").text()
+    assert "Δ = 0 [0, 0]" in text and "no verdict possible: a and b are identical" in text
+    assert "would probably go unnoticed" not in text  # no spread, so no size of difference to quote
+
+
 def test_missing_labels_and_scores_are_one_sentence(tmp_path) -> None:
     store = store_with_runs(tmp_path / "runs")
     agg = aggregate(store.results(), store.read_examples)

@@ -60,8 +60,9 @@ class Pairing:
                  f"{self.metric} ({better}):",
                  f"  Δ = {signed_text(c.difference)} [{signed_text(c.lo)}, {signed_text(c.hi)}] "
                  f"({round(100 * CONFIDENCE)}% interval), p = {c.p_value:.2g}, {size}: {verdict}",
-                 f"  {sa} {c.a_value:.4g}, {sb} {c.b_value:.4g}; at this size a difference "
-                 f"below about {c.mde:.3g} would probably go unnoticed"]
+                 f"  {sa} {c.a_value:.4g}, {sb} {c.b_value:.4g}"
+                 + ("" if c.degenerate or not c.mde else  # identical scores have no spread to size a difference by
+                    f"; at this size a difference below about {c.mde:.3g} would probably go unnoticed")]
         if c.degenerate:
             lines.append(f"  no verdict possible: {'; '.join(c.degenerate)}")
         return "\n".join(lines)
