@@ -209,11 +209,13 @@ def worker(spec: dict) -> dict:
     from peftlab.evaluation.scoring import mean_loss
     from peftlab.measure import PeakMemory, count_parameters, training_cost
     from peftlab.models import default_device, load_tokenizer
+    from peftlab.runner import _seed_everything
 
     device = default_device()
     tokenizer = load_tokenizer(spec["model"])
     examples, held_out = _examples(spec, tokenizer)
-    model = _adapted_model(spec, tokenizer, device)
+    _seed_everything(spec["seed"], spec["threads"])  # before the adapter exists: its initial weights are drawn
+    model = _adapted_model(spec, tokenizer, device)  # from this RNG, so every side starts from the same adapter
     params = count_parameters(model)
     meter = Counter(model, hook=spec["side"] != "peftlab")
 
