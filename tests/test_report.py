@@ -908,6 +908,29 @@ def test_recommendation_never_picks_degenerate(clear_store):
     assert "What to use" in page and "the best accuracy at each budget" in page
 
 
+def test_a_degenerate_method_left_out_is_not_called_resolved_worse() -> None:
+    """The best's only rival is degenerate (one class) and not told apart from it: excluded from the picks,
+    yet the text must not claim the best was resolved better than every other method."""
+    import numpy as np
+
+    from peftlab.report.pareto import recommend, recommendation_text
+
+    rng = np.random.default_rng(11)
+    golds = [i % 2 for i in range(N_EX)]
+    base_correct = _draw(rng, 0.5)
+    runs = [_accuracy_run("base", 0, base_correct, preds=[g if c else 1 - g for g, c in zip(golds, base_correct)],
+                          golds=golds)]
+    for seed in range(3):  # predicts class 0 only: right on exactly half, like the base model
+        runs.append(_accuracy_run("prompt_tuning", seed, [int(g == 0) for g in golds], preds=[0] * N_EX, golds=golds))
+    agg = aggregate([r for r, _ in runs], _examples_of(runs))
+    [w] = winners(agg)
+    rec = recommend(agg, w)
+    assert w.best.label == "base" and [g.label for g in rec.excluded] == ["prompt_tuning"]
+    assert [v.verdict for v in w.others] != ["better"]
+    text = recommendation_text(agg, rec)
+    assert "resolved better than every other method" not in text and "Never recommended" in text
+
+
 def test_cost_per_point_column(report):
     out, _ = report
     rows = list(csv.DictReader((out / "tables/task_sentiment.csv").open()))

@@ -221,7 +221,9 @@ def recommendation_details(agg: Aggregate, rec: Recommendation) -> list[str]:
         mde = max(v.comparison.mde for v in rec.band)
         out.append(f"Not told apart from the best (Δ = best − other): {listed(rec.band)}. That is not evidence of "
                    f"equality: at this size a difference below about {fmt_sig(mde, 3)} would probably go unnoticed.")
-    elif w.others and not rec.unjudged and not rec.unpaired:
+    elif w.others and not rec.unjudged and not rec.unpaired and all(v.verdict == "better" for v in w.others):
+        # every comparison's own verdict, not only those listed above: a degenerate method left out of the
+        # recommendation (rec.excluded) was still not told apart from the best
         out.append("The best is resolved better than every other method (95% intervals, Holm-adjusted).")
     if rec.worse:
         out.append(f"Resolved worse than the best (Δ = best − other): {listed(rec.worse)}.")
