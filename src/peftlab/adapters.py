@@ -651,16 +651,10 @@ def sample_inputs(tokenizer: Any, max_tokens: int = 48) -> list[torch.Tensor]:
 
 
 def _decoder_inputs(model: nn.Module, ids: torch.Tensor) -> dict:
-    """What an encoder-decoder model's decoder reads while the encoder reads `ids`: the same text,
-    shifted right behind the decoder's start token (teacher forcing), so every decoder position is
-    checked; nothing for a decoder-only model."""
-    if not ModelArchitecture.of(model).encoder_decoder:
-        return {}
-    config = model.config
-    start = getattr(config, "decoder_start_token_id", None)
-    start = getattr(config, "pad_token_id", 0) if start is None else start
-    first = torch.full((ids.shape[0], 1), int(start or 0), dtype=ids.dtype, device=ids.device)
-    return {"decoder_input_ids": torch.cat([first, ids[:, :-1]], dim=1)}
+    """What an encoder-decoder model's decoder reads while the encoder reads `ids`: the same text as its
+    labels, which the model shifts right behind its decoder start token itself (as label scoring relies
+    on), so every decoder position is checked; nothing for a decoder-only model."""
+    return {"labels": ids} if ModelArchitecture.of(model).encoder_decoder else {}
 
 
 def _logits(model: nn.Module, ids: torch.Tensor, soft: torch.Tensor | None = None, prefix: Path | None = None) -> torch.Tensor:
